@@ -1,0 +1,54 @@
+"""Root installer: puts both packages (`vision_tokenizer` and `illume`) into one environment.
+
+Each package also installs on its own from its folder (`pip install ./vision_tokenizer`,
+`pip install ./ILLUME`); this file exists so that one command sets up the whole monorepo.
+"""
+
+from setuptools import find_packages, setup
+
+TOKENIZER_DIR = "vision_tokenizer"
+MLLM_DIR = "ILLUME"
+
+packages = find_packages(TOKENIZER_DIR, include=["vision_tokenizer", "vision_tokenizer.*"])
+packages += find_packages(MLLM_DIR, include=["illume", "illume.*"])
+
+extras = {
+    "dev": ["pytest>=8", "ruff>=0.6"],
+    "train": ["tensorboard>=2.14", "lpips>=0.1.4", "accelerate>=1.0", "scikit-image>=0.22"],
+    "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22"],
+    "decoder": ["diffusers>=0.31"],
+    "demo": ["gradio>=5"],
+    "npu": ["torch_npu"],
+    "flash": ["flash-attn>=2.6"],
+    "deepspeed": ["deepspeed>=0.15"],
+}
+extras["all"] = sorted({dep for name in ("dev", "train", "eval", "decoder", "demo") for dep in extras[name]})
+
+setup(
+    name="illume-plus",
+    version="0.1.0",
+    description="ILLUME+: DualViTok tokenizer, unified multimodal LLM and SDXL diffusion decoder",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"vision_tokenizer": f"{TOKENIZER_DIR}/vision_tokenizer", "illume": f"{MLLM_DIR}/illume"},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "safetensors>=0.4",
+        "mmengine>=0.10",
+        "numpy>=1.24",
+        "pillow>=10",
+        "tqdm>=4.66",
+        "huggingface_hub>=0.25",
+    ],
+    extras_require=extras,
+    entry_points={
+        "console_scripts": [
+            "dualvitok=vision_tokenizer.cli:main",
+            "illume=illume.cli:main",
+        ]
+    },
+)
