@@ -1,0 +1,166 @@
+"""The DualViTok config files: official keys and values, inheritance, command-line overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vision_tokenizer.utils.config import load_config
+
+from ..conftest import REPO_ROOT
+
+CONFIG_DIR = REPO_ROOT / "configs"
+ANYRES = CONFIG_DIR / "example" / "dualvitok" / "dualvitok_anyres_max512.py"
+FIX256 = CONFIG_DIR / "example" / "dualvitok" / "dualvitok_fix256.py"
+TINY = CONFIG_DIR / "tiny" / "dualvitok_tiny.py"
+
+# SPEC-tokenizer §A8 "Config file keys": the flat keys every official tokenizer config carries.
+FLAT_KEYS = {
+    "no_local_save", "ema", "finetune_decoder", "finetune", "vq_ckpt", "aug_fade_steps", "compile",
+    "results_dir", "sample_dir", "epochs", "lr", "weight_decay", "beta1", "beta2", "max_grad_norm",
+    "global_seed", "num_workers", "log_every", "ckpt_every", "gradient_accumulation_steps",
+    "mixed_precision", "use_local_data", "training_with_anyres", "use_group_image_resolution",
+}
+TOP_KEYS = FLAT_KEYS | {"vq_model", "vq_loss", "data_args"}
+MODEL_KEYS = {
+    "semantic_encoder", "semantic_quantizer", "semantic_decoder", "pixel_encoder", "pixel_quantizer",
+    "pixel_decoder", "pixel_drop_rate", "pixel_drop_batch_rate", "pixel_noise_type",
+}
+LOSS = {
+    "type": "DualViTokLoss", "disc_start": 20000, "disc_loss": "hinge", "disc_dim": 64,
+    "disc_type": "patchgan", "image_size": 512, "disc_num_layers": 3, "disc_in_channels": 3,
+    "disc_weight": 0.5, "disc_adaptive_weight": False, "gen_adv_loss": "hinge",
+    "reconstruction_loss": "l2", "reconstruction_weight": 1.0, "codebook_weight": 1.0,
+    "perceptual_weight": 1.0, "semantic_reconstruction": "cos",
+}
+
+
+def _flatten(node, prefix: str = "") -> dict[str, object]:
+    """Nested dicts → {'a.b.c': leaf}; lists are leaves (compared whole)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+@pytest.mark.parametrize("path", [ANYRES, FIX256, TINY], ids=lambda p: p.name)
+def test_config_has_the_official_key_set(path: Path) -> None:
+    cfg = load_config(path)
+    assert set(cfg.keys()) == TOP_KEYS
+    assert cfg.vq_model.type == "DualViTok"
+    assert set(cfg.vq_model.config.keys()) == MODEL_KEYS
+    assert {"global_batch_size", "image_size", "image_size_eval", "train", "val", "inference",
+            "per_proc_batch_size", "infer_interpolate"} == set(cfg.data_args.keys())
+    assert cfg.sample_dir == f"{cfg.results_dir}sample_dir/"
+
+
+def test_anyres_config_values() -> None:
+    cfg = load_config(ANYRES)
+    model = cfg.vq_model.config
+    assert model.semantic_encoder.to_dict() == {
+        "semantic_encoder": "Emova-ollm/qwen2vit600m", "num_blocks": 4, "proj_layer": "linear",
+        "z_channels": 32, "embed_dim": 1280, "attn_implementation": "sdpa", "target_mlp": "norm",
+    }
+    assert model.semantic_decoder.to_dict() == {
+        "z_channels": 32, "proj_layer": "linear_norm", "embed_dim": 1280, "output_channels": 3584,
+        "num_blocks": 4, "attn_implementation": "sdpa",
+    }
+    for name, size in (("semantic_quantizer", 32768), ("pixel_quantizer", 98304)):
+        assert model[name].to_dict() == {
+            "type": "SimVQ", "dim": 32, "codebook_size": size, "channel_first": True, "rotation_trick": False,
+        }
+    common = {"attn_resolutions": [4], "ch_mult": [1, 1, 2, 2, 4], "codebook_size": 98304, "double_z": False,
+              "dropout": 0.0, "in_channels": 3, "num_res_blocks": 2, "out_channels": 3,
+              "use_dc_up_down_blocks": True}
+    assert model.pixel_encoder.to_dict() == {**common, "ch": 128, "embed_dim": 32, "z_channels": 32}
+    assert model.pixel_decoder.to_dict() == {**common, "ch": 384, "embed_dim": 64, "z_channels": 64}
+    assert (model.pixel_drop_rate, model.pixel_drop_batch_rate, model.pixel_noise_type) == (None, 0.1, "random")
+    assert cfg.vq_loss.to_dict() == LOSS
+
+    data = cfg.data_args
+    assert (data.global_batch_size, data.per_proc_batch_size, data.image_size, data.image_size_eval) == (256, 2, 512, 256)
+    assert data.train.augment.to_dict() == {
+        "type": "dualvitok_anyres_resolution_train", "min_pixels": 32 * 32, "max_pixels": 512 * 512}
+    assert [d.dataset for d in data.train.dataset] == ["folder"]
+    assert data.train.dataset[0].json_file.endswith(".json")
+    assert data.inference.to_dict() == {
+        "resolution": 256, "dataset": "codebook_inference", "data_path": "",
+        "augment": {"type": "dualvitok_anyres_inference"}, "batch_size_for_inference": 1}
+    assert (cfg.epochs, cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay) == (21, 1e-4, 0.9, 0.95, 5e-2)
+    assert (cfg.global_seed, cfg.ckpt_every, cfg.log_every, cfg.mixed_precision) == (3, 2000, 100, "bf16")
+    assert cfg.training_with_anyres and cfg.use_group_image_resolution and cfg.use_local_data
+    assert cfg.vq_ckpt is None and not cfg.ema and not cfg.compile
+
+
+def test_fix256_differs_from_anyres_only_where_the_spec_says() -> None:
+    anyres, fix = _flatten(load_config(ANYRES).to_dict()), _flatten(load_config(FIX256).to_dict())
+    assert anyres.keys() - fix.keys() == {"data_args.train.augment.min_pixels", "data_args.train.augment.max_pixels"}
+    assert fix.keys() <= anyres.keys()
+    changed = {key for key in fix if fix[key] != anyres[key]}
+    assert changed == {
+        "vq_model.config.pixel_drop_rate", "data_args.per_proc_batch_size", "data_args.image_size",
+        "data_args.train.resolution", "data_args.train.augment.type", "data_args.train.dataset",
+        "results_dir", "sample_dir", "global_seed", "ckpt_every", "training_with_anyres",
+        "use_group_image_resolution",
+    }
+    assert fix["vq_model.config.pixel_drop_rate"] == 0.1
+    assert fix["data_args.train.augment.type"] == "dualvitok_fix_resolution_train"
+    assert fix["data_args.train.dataset"][0]["dataset"] == "imagenet"
+    assert (fix["global_seed"], fix["ckpt_every"], fix["data_args.per_proc_batch_size"]) == (1, 5000, 8)
+
+
+def test_tiny_config_is_the_golden_tiny_architecture(golden: Path) -> None:
+    reference = json.loads((golden / "dualvitok_tiny_config.json").read_text())
+    expected = reference["config"]
+    expected["semantic_encoder"]["semantic_encoder"] = reference["_semantic_encoder_vit_config"]
+    cfg = load_config(TINY)
+    assert cfg.vq_model.type == reference["type"]
+    assert cfg.vq_model.config.to_dict() == expected
+
+
+def test_tiny_config_data_points_at_the_bundled_photos() -> None:
+    cfg = load_config(TINY)
+    folder = Path(cfg.data_args.train.dataset[0].data_path)
+    assert folder.resolve() == (REPO_ROOT / "assets" / "examples").resolve()
+    assert any(folder.glob("*.jpg"))
+
+
+def test_base_inheritance_merges_dicts_and_replaces_leaves(tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(
+        f"_base_ = [{str(ANYRES)!r}]\n"
+        "vq_model = dict(config=dict(pixel_encoder=dict(ch=64)))\n"
+        "data_args = dict(train=dict(dataset=[dict(dataset='imagenet', data_path='/data')]))\n"
+        "epochs = 3\n"
+    )
+    cfg = load_config(child)
+    base = load_config(ANYRES)
+    assert cfg.vq_model.config.pixel_encoder.ch == 64
+    assert cfg.vq_model.config.pixel_encoder.ch_mult == [1, 1, 2, 2, 4]  # sibling kept
+    assert cfg.vq_model.config.semantic_encoder == base.vq_model.config.semantic_encoder
+    assert [d.to_dict() for d in cfg.data_args.train.dataset] == [{"dataset": "imagenet", "data_path": "/data"}]
+    assert cfg.epochs == 3 and cfg.lr == base.lr
+
+
+def test_overrides_set_nested_values() -> None:
+    cfg = load_config(ANYRES, ["--vq_model.config.pixel_drop_rate=0.2", "--data_args.train.resolution", "384",
+                               "--vq_loss.disc_adaptive_weight=true", "--data_args.val.data_path=/x/val"])
+    assert cfg.vq_model.config.pixel_drop_rate == 0.2
+    assert cfg.data_args.train.resolution == 384
+    assert cfg.vq_loss.disc_adaptive_weight is True
+    assert cfg.data_args.val.data_path == "/x/val"
+    assert cfg.vq_model.config.pixel_drop_batch_rate == 0.1  # untouched sibling
+
+
+def test_override_with_a_typo_in_the_key_path_raises() -> None:
+    with pytest.raises(KeyError, match="vq_model.confg"):
+        load_config(ANYRES, ["--vq_model.confg.pixel_drop_rate=0.2"])
+
+
+def test_override_value_is_never_executed() -> None:
+    cfg = load_config(ANYRES, ["--data_args.val.data_path=__import__('os').getcwd()"])
+    assert cfg.data_args.val.data_path == "__import__('os').getcwd()"
