@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from vision_tokenizer.utils.config import load_config
 
 from ..conftest import REPO_ROOT

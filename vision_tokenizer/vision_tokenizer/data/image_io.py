@@ -1,0 +1,198 @@
+"""Image files in and out of DualViTok: safe loading, the official smart resize, tensor conversion.
+
+This is the one place that turns user files into model input. Loading is defensive because
+images come from the wild: every failure (missing, not an image, corrupt, truncated, too large
+to decode safely, too small to tokenize, an unsupported pixel format) raises `ImageLoadError`
+naming the file, so batch tools can report it and carry on with the other images.
+
+Colour handling, decided once here:
+* EXIF orientation is applied, so the tensor shows the image the way viewers display it.
+* Transparency is **dropped** (the RGB values under the alpha channel are kept), exactly as the
+  official pipeline's `convert('RGB')` does; compositing on a background would change the pixels,
+  hence the codes, of every transparent training and evaluation image.
+* Grayscale, palette, CMYK, YCbCr and LAB images are converted to RGB by Pillow; 16-bit integer
+  images are scaled to 8 bits (value / 257, rounded) instead of being clipped at 255.
+* Floating-point images have no defined display range and are rejected.
+
+Numerics follow the official `MoVQImageProcessor`: `smart_resize` to multiples of 16 within a
+pixel budget, PIL bicubic resize, then `((u8 / 255) - 0.5) / 0.5` in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_SOURCE_PIXELS",
+    "MIN_IMAGE_SIDE",
+    "ImageLoadError",
+    "load_image",
+    "smart_resize",
+    "image_to_tensor",
+    "tensor_to_image",
+    "psnr",
+]
+
+# Largest source image decoded (pixels): 8192×8192. Bigger files are refused before decoding, which
+# guards against decompression bombs (a few kB of PNG that expand to gigabytes).
+DEFAULT_MAX_SOURCE_PIXELS = 8192 * 8192
+# Smallest side accepted: smaller images carry too little content to tokenize meaningfully, and
+# the semantic ViT works on 28-pixel cells.
+MIN_IMAGE_SIDE = 32
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# Everything Pillow may raise while parsing or decoding a damaged file.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
+
+
+class ImageLoadError(ValueError):
+    """An image file could not be turned into an RGB picture; carries the path and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def load_image(
+    path: str | os.PathLike,
+    max_pixels: int | None = None,
+    min_side: int = MIN_IMAGE_SIDE,
+) -> Image.Image:
+    """Open an image file as an 8-bit RGB PIL image with EXIF orientation applied.
+
+    `max_pixels` bounds the *source* size (width × height, read from the header before any pixel
+    is decoded; default `DEFAULT_MAX_SOURCE_PIXELS`); `min_side` is the smallest accepted side.
+    Raises `ImageLoadError` for anything that is not a usable image.
+    """
+    path = Path(path)
+    limit = DEFAULT_MAX_SOURCE_PIXELS if max_pixels is None else max_pixels
+    if not path.exists():
+        raise ImageLoadError(path, "file not found")
+    if not path.is_file():
+        raise ImageLoadError(path, "not a regular file")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below; Pillow's warning would only duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > limit:
+                    raise ImageLoadError(
+                        path, f"{width}x{height} pixels exceeds the limit of {limit} pixels "
+                        "(possible decompression bomb)")
+                img.load()
+                rgb = _to_rgb(path, ImageOps.exif_transpose(img))
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(path, f"possible decompression bomb ({err})") from None
+    except _DECODE_ERRORS as err:
+        raise ImageLoadError(path, f"corrupt or truncated image ({type(err).__name__}: {err})") from None
+    if min(rgb.size) < min_side:
+        raise ImageLoadError(path, f"image is {rgb.width}x{rgb.height}; both sides must be at least {min_side} px")
+    return rgb
+
+
+def _to_rgb(path: Path, img: Image.Image) -> Image.Image:
+    """Convert any supported mode to 8-bit RGB (alpha dropped, 16-bit scaled down)."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(img).astype(np.float64)
+        eight = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight).convert("RGB")
+    if img.mode == "F":
+        raise ImageLoadError(path, "floating-point images are not supported (no defined value range)")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow warns when converting transparent palettes straight to RGB
+    return img.convert("RGB")
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 16,
+    min_pixels: int = 32 * 32,
+    max_pixels: int = 1024 * 1024,
+) -> tuple[int, int]:
+    """Target (height, width): multiples of `factor`, area within [min_pixels, max_pixels].
+
+    Each side is rounded to the nearest multiple (Python's round, half to even, as the reference);
+    if the area is then too large both sides are scaled by the same β and floored, if too small
+    scaled and ceiled; no side drops below `factor`. The aspect ratio is kept as well as the grid
+    allows.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if factor <= 0 or min_pixels > max_pixels:
+        raise ValueError(f"invalid resize limits: factor={factor}, min_pixels={min_pixels}, max_pixels={max_pixels}")
+    new_h = max(factor, round(height / factor) * factor)
+    new_w = max(factor, round(width / factor) * factor)
+    if new_h * new_w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        new_h = max(factor, math.floor(height / beta / factor) * factor)
+        new_w = max(factor, math.floor(width / beta / factor) * factor)
+    elif new_h * new_w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_h = math.ceil(height * beta / factor) * factor
+        new_w = math.ceil(width * beta / factor) * factor
+    return new_h, new_w
+
+
+def image_to_tensor(
+    img: Image.Image,
+    min_pixels: int = 32 * 32,
+    max_pixels: int = 1024 * 1024,
+    factor: int = 16,
+) -> torch.Tensor:
+    """RGB PIL image → float32 tensor [1, 3, H, W] in [-1, 1], H and W from `smart_resize`."""
+    if img.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {img.mode!r}; open files with load_image()")
+    height, width = smart_resize(img.height, img.width, factor, min_pixels, max_pixels)
+    if (width, height) != img.size:
+        img = img.resize((width, height), Image.Resampling.BICUBIC)
+    u8 = np.asarray(img, dtype=np.uint8)
+    # Same float path as the reference: scale in float64, round to float32, then normalise.
+    unit = (u8.astype(np.float64) * (1 / 255)).astype(np.float32)
+    normalised = (unit - np.float32(0.5)) / np.float32(0.5)
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """Model output [1, 3, H, W] or [3, H, W] in [-1, 1] → RGB PIL image.
+
+    Uses the reference mapping clamp(127.5·x + 128, 0, 255) truncated to uint8, so saved
+    reconstructions match the official ones byte for byte.
+    """
+    if tensor.dim() == 4:
+        if tensor.shape[0] != 1:
+            raise ValueError(f"expected a single image, got a batch of {tensor.shape[0]}")
+        tensor = tensor[0]
+    if tensor.dim() != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected shape [3, H, W] or [1, 3, H, W], got {list(tensor.shape)}")
+    pixels = (tensor.detach().float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def psnr(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB between two 8-bit images of equal size (inf if identical)."""
+    x, y = np.asarray(a), np.asarray(b)
+    if x.dtype != np.uint8 or y.dtype != np.uint8:
+        raise ValueError(f"psnr expects uint8 images, got {x.dtype} and {y.dtype}")
+    if x.shape != y.shape:
+        raise ValueError(f"psnr needs images of the same shape, got {x.shape} and {y.shape}")
+    mse = float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(255.0**2 / mse)
