@@ -1,0 +1,150 @@
+"""HF format: origin folder → export → Auto classes → the golden logits; processor; converters."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from illume.hf import IllumeProcessor, convert_origin, convert_remote_hf
+from illume.hf.convert import main as convert_main
+from illume.vocab import IMAGE_TOKEN_INDEX
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+from tests.illume.tiny_models import tiny_origin_dir  # noqa: F401  (fixture)
+
+ATOL = RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tiny_origin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    return convert_origin(tiny_origin_dir, tmp_path_factory.mktemp("hf") / "tiny-hf")
+
+
+@pytest.fixture(scope="module")
+def one_image(golden: Path) -> dict[str, torch.Tensor]:
+    return load_file(golden / "mllm_tiny_one_image.safetensors")
+
+
+@pytest.fixture(scope="module")
+def golden_image(golden: Path) -> torch.Tensor:
+    return load_file(golden / "dualvitok_tiny_io_256x256.safetensors")["image"]
+
+
+def test_export_is_self_contained(hf_dir: Path) -> None:
+    config = json.loads((hf_dir / "config.json").read_text())
+    tower = config["mm_vision_tower"]
+    assert isinstance(tower["vq_config"], dict) and tower["vq_config"]["type"] == "DualViTok"
+    assert "vq_ckpt" not in tower and "auto_map" not in config
+    assert config["model_type"] == "illume_qwen2"
+    processor_config = json.loads((hf_dir / "processor_config.json").read_text())
+    assert processor_config["processor_class"] == "IllumeProcessor"
+    assert (hf_dir / "chat_template.jinja").is_file()
+
+
+def test_auto_classes_reproduce_golden_logits(
+    hf_dir: Path, one_image: dict, golden_image: torch.Tensor
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    assert not hasattr(model.config, "auto_map")
+    with torch.no_grad():
+        logits = model(input_ids=one_image["input_ids"], images=[golden_image]).logits
+    torch.testing.assert_close(logits, one_image["logits"], atol=ATOL, rtol=RTOL)
+
+
+def test_processor_builds_the_official_prompt_ids(hf_dir: Path, one_image: dict, summary_prompt: str) -> None:
+    processor = AutoProcessor.from_pretrained(hf_dir)
+    assert isinstance(processor, IllumeProcessor)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == summary_prompt
+    image = Image.fromarray(np.full((256, 256, 3), 90, dtype=np.uint8))
+    inputs = processor(text=prompt, images=[image])
+    assert inputs["input_ids"].tolist() == one_image["input_ids"].tolist()
+    assert (inputs["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1
+    assert [tuple(x.shape) for x in inputs["images"]] == [(1, 3, 256, 256)]
+    # 90/255 through the official processor: (x - 0.5) / 0.5
+    torch.testing.assert_close(inputs["images"][0], torch.full((1, 3, 256, 256), (90 / 255 - 0.5) / 0.5))
+
+
+def test_processor_pads_batches_on_the_left(hf_dir: Path) -> None:
+    processor = AutoProcessor.from_pretrained(hf_dir)
+    inputs = processor(text=["Hi", "Who are you?"])
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    short = processor.tokenizer("Hi", add_special_tokens=False)["input_ids"]
+    assert ids.shape[0] == 2 and mask[0].sum() == len(short)
+    assert mask[0, -len(short) :].all() and not mask[0, : ids.shape[1] - len(short)].any()
+    assert ids[0, -len(short) :].tolist() == short
+
+
+def test_processor_rejects_marker_image_mismatch(hf_dir: Path) -> None:
+    processor = AutoProcessor.from_pretrained(hf_dir)
+    with pytest.raises(ValueError, match="1 <image> markers but 0 images"):
+        processor(text="<image>\nDescribe.")
+
+
+def test_origin_override_files_are_applied(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    src = tmp_path / "origin"
+    shutil.copytree(tiny_origin_dir, src)
+    key = "model.mm_projector.projector_1.0.bias"
+    bias = load_file(src / "model.safetensors")[key]
+    torch.save({key: torch.full_like(bias, 0.5)}, src / "trainables.bin")
+    out = convert_origin(src, tmp_path / "hf")
+    assert torch.equal(load_file(out / "model.safetensors")[key], torch.full_like(bias, 0.5))
+
+
+def test_origin_override_with_unknown_key_is_an_error(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    src = tmp_path / "origin"
+    shutil.copytree(tiny_origin_dir, src)
+    torch.save({"model.not_a_layer.weight": torch.zeros(1)}, src / "mm_projector.bin")
+    with pytest.raises(ValueError, match="not_a_layer"):
+        convert_origin(src, tmp_path / "hf")
+
+
+def _remote_folder(tiny_origin_dir: Path, out: Path, extra_key: str | None = None) -> Path:  # noqa: F811
+    """A remote-code style folder: `auto_map` in config.json, LLM keys under `language_model.`."""
+    out.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "dualvitok_tiny_config.json"):
+        shutil.copy2(tiny_origin_dir / name, out / name)
+    config = json.loads((tiny_origin_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_illume.IllumeForConditionalGeneration"}
+    (out / "config.json").write_text(json.dumps(config))
+    state = load_file(tiny_origin_dir / "model.safetensors")
+    renamed = {("language_model." + k if k.startswith("model.layers.") else k): v for k, v in state.items()}
+    if extra_key:
+        renamed[extra_key] = torch.zeros(2)
+    save_file(renamed, str(out / "model.safetensors"))
+    return out
+
+
+def test_remote_layout_converts_to_the_same_weights(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    src = _remote_folder(tiny_origin_dir, tmp_path / "remote")
+    out = convert_remote_hf(src, tmp_path / "hf")
+    assert (
+        load_file(out / "model.safetensors").keys() == load_file(tiny_origin_dir / "model.safetensors").keys()
+    )
+    assert "auto_map" not in json.loads((out / "config.json").read_text())
+
+
+def test_remote_layout_with_unknown_keys_is_reported(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    src = _remote_folder(tiny_origin_dir, tmp_path / "remote", extra_key="visual_head.weight")
+    with pytest.raises(ValueError, match="visual_head.weight"):
+        convert_remote_hf(src, tmp_path / "hf")
+
+
+def test_cli_refuses_to_overwrite(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(SystemExit):
+        convert_main([str(tiny_origin_dir), str(tmp_path / "taken")])
+
+
+@pytest.fixture(scope="module")
+def summary_prompt(golden: Path) -> str:
+    return json.loads((golden / "mllm_summary.json").read_text())["one_image"]["prompt"]
