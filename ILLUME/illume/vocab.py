@@ -50,6 +50,7 @@ __all__ = [
     "image_block_text",
     "ImageGrid",
     "anchor_grids",
+    "image_block_layout",
     "ImageSchedule",
     "ImageVocabulary",
     "MalformedImageTokens",
@@ -201,6 +202,31 @@ class ImageGrid:
 def anchor_grids() -> dict[tuple[int, int], ImageGrid]:
     """Token grids of the 11 aspect-ratio anchors, keyed (height, width)."""
     return {anchor: ImageGrid.for_resolution(*anchor) for anchor in RATIOS}
+
+
+def image_block_layout(grid: ImageGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """What sits at each position of an image block, independent of any tokenizer.
+
+    Returns `(marker, level)`, both int64 of length `grid.num_tokens`: `marker[i]` indexes
+    `SPECIAL_IMAGE_TOKENS` (so `special_tokens_ids[marker[i]]` is the id) or is -1 at a code /
+    feature position; `level[i]` is 0 (semantic) or 1 (pixel) there and -1 elsewhere. Code
+    positions of a level come in raster order of its grid.
+    """
+    slot = {token: i for i, token in enumerate(SPECIAL_IMAGE_TOKENS)}
+    markers = [torch.tensor([slot[START_OF_IMAGE]])]
+    levels = [torch.tensor([-1])]
+    for lv, (rows, cols) in enumerate((grid.semantic, grid.pixel)):
+        row_marker = torch.cat([torch.full((cols,), -1), torch.tensor([slot[END_OF_LINE]])])
+        row_level = torch.cat([torch.full((cols,), lv), torch.tensor([-1])])
+        markers += [
+            torch.tensor([slot[start_of_level(lv)]]),
+            row_marker.repeat(rows),
+            torch.tensor([slot[end_of_level(lv)]]),
+        ]
+        levels += [torch.tensor([-1]), row_level.repeat(rows), torch.tensor([-1])]
+    markers.append(torch.tensor([slot[END_OF_IMAGE]]))
+    levels.append(torch.tensor([-1]))
+    return torch.cat(markers).long(), torch.cat(levels).long()
 
 
 @dataclass(frozen=True)
@@ -429,19 +455,10 @@ class ImageVocabulary:
 
     def schedule(self, grid: ImageGrid) -> ImageSchedule:
         """Per-position plan of an image block: forced marker ids, and which level is sampled where."""
-        forced: list[int] = [self.start_of_image]
-        level: list[int] = [-1]
-        for lv, (rows, cols) in enumerate((grid.semantic, grid.pixel)):
-            forced.append(self.start_of_levels[lv])
-            level.append(-1)
-            for _ in range(rows):
-                forced += [-1] * cols + [self.end_of_line]
-                level += [lv] * cols + [-1]
-            forced.append(self.end_of_levels[lv])
-            level.append(-1)
-        forced.append(self.end_of_image)
-        level.append(-1)
-        return ImageSchedule(torch.tensor(forced, dtype=torch.long), torch.tensor(level, dtype=torch.long))
+        marker, level = image_block_layout(grid)
+        special = torch.tensor(self.special_tokens_ids, dtype=torch.long)
+        forced = torch.where(marker >= 0, special[marker.clamp(min=0)], -1)
+        return ImageSchedule(forced, level)
 
     # ------------------------------------------------------------------ parsing
     def token_name(self, token_id: int) -> str:
