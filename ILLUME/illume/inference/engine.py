@@ -1,0 +1,361 @@
+"""Structured decoding: image grammar, per-level sampling and batched CFG over a static KV cache.
+
+One call decodes a batch of rows. Each row follows a host-side state machine:
+
+* a row that starts inside an image (text-to-image, editing: the prompt ends with the resolution
+  tag) walks the precomputed plan of its grid — structural tokens are forced, codes are sampled
+  from their level's id range — and stops after `<end_of_image>`;
+* a text row (understanding, chat) samples text until an end-of-text id; when images are allowed,
+  a height tag, then a matching width tag, then `<start_of_image>` open an image block with the
+  grid of that resolution (a bare `<start_of_image>` uses the row's default grid), after which
+  the row returns to text.
+
+Forced tokens are never sampled, but they are still fed through the model. Rows whose next tokens
+are all determined by plans need no device→host transfer at all, so the host runs ahead of the
+GPU. With classifier-free guidance the batch holds the conditional rows followed by one
+unconditional row each (its own prompt: "Generate a random image of …" or the reconstruction
+prompt with the same input image); both halves run in the same forward and receive the same
+tokens, and guidance is applied only at image-code positions. An unconditional row attends only
+to its prompt and to the image it is guiding: text a row generates outside images is hidden
+from it, as in the official implementation, which restarts the unconditional branch per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from illume.inference.decoder import StaticDecoder
+from illume.inference.sampling import (
+    PIXEL,
+    SEMANTIC,
+    TEXT,
+    PhaseTable,
+    SamplingConfig,
+    cfg_combine,
+    sample_tokens,
+    step_keys,
+)
+from illume.inference.schedule import GENERATION_RESOLUTIONS, ImagePlan, Requirement, TextRules, image_plan
+from illume.vocab import ImageGrid, ImageVocabulary
+from torch import nn
+
+__all__ = ["RowSpec", "PromptEmbeddings", "GenerationEngine"]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """How one row decodes.
+
+    `image`: the row's prompt ends with this grid's resolution tag and the row generates exactly
+    one image block. Otherwise the row generates text; with `allow_images` it may open image
+    blocks (interleaved output), `default_grid` being used for `<start_of_image>` without a tag.
+    """
+
+    image: ImageGrid | None = None
+    allow_images: bool = False
+    default_grid: ImageGrid = field(default_factory=lambda: ImageGrid.for_resolution(512, 512))
+
+
+@dataclass
+class PromptEmbeddings:
+    """Left-padded prompt embeddings (rows, L, H) and their attention mask (rows, L).
+
+    With CFG the rows are the B conditional prompts followed by their B unconditional prompts.
+    """
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+_TEXT, _WIDTH, _SOI, _IMAGE, _DONE = range(5)
+
+
+class _Row:
+    """Host-side decoding state of one conditional row."""
+
+    def __init__(
+        self, spec: RowSpec, vocab: ImageVocabulary, rules: TextRules, eos: frozenset[int], budget: int
+    ):
+        self.spec = spec
+        self.vocab = vocab
+        self.rules = rules
+        self.eos = eos
+        self.budget = budget
+        self.stop_after_image = spec.image is not None
+        self.plan: ImagePlan | None = image_plan(vocab, spec.image) if spec.image is not None else None
+        self.mode = _IMAGE if self.plan is not None else _TEXT
+        self.pos = 0
+        self.height = 0
+        self.length = 0
+
+    @property
+    def needs_host(self) -> bool:
+        """Whether the next transition depends on the sampled value."""
+        return self.mode in (_TEXT, _WIDTH)
+
+    @property
+    def done(self) -> bool:
+        return self.mode == _DONE
+
+    def requirement(self) -> Requirement:
+        if self.mode == _IMAGE:
+            forced = self.plan.forced[self.pos]
+            if forced >= 0:
+                return Requirement(forced=forced)
+            phase = self.plan.phase[self.pos]
+            lo, hi = self.vocab.level_range(0 if phase == SEMANTIC else 1)
+            return Requirement(phase=phase, lo=lo, hi=hi)
+        if self.mode == _TEXT:
+            return self.rules.text(self.spec.allow_images)
+        if self.mode == _WIDTH:
+            return self.rules.after_height(self.height)
+        if self.mode == _SOI:
+            return Requirement(forced=self.vocab.start_of_image)
+        return Requirement(forced=self.vocab.pad)
+
+    def advance(self, token: int) -> tuple[bool, bool, bool]:
+        """Consume the row's next token; returns (opens an image span, in an image span, closes one)."""
+        self.length += 1
+        mode = self.mode
+        if mode == _IMAGE:
+            self.pos += 1
+            if self.pos < len(self.plan):
+                return False, True, False
+            self.mode = _DONE if self.stop_after_image or self.length >= self.budget else _TEXT
+            return False, False, True
+        if mode == _WIDTH:
+            width = self.rules.width_of(token)
+            self.plan = image_plan(self.vocab, ImageGrid.for_resolution(self.height, width))
+            self.mode = _SOI
+            return False, True, False
+        if mode == _SOI:
+            self.mode, self.pos = _IMAGE, 1
+            return False, True, False
+        # text
+        if token in self.eos:
+            self.mode = _DONE
+        elif token == self.vocab.start_of_image:
+            self.plan = image_plan(self.vocab, self.spec.default_grid)
+            self.mode, self.pos = _IMAGE, 1
+            return True, True, False
+        elif (height := self.rules.height_of(token)) is not None:
+            self.mode, self.height = _WIDTH, height
+            return True, True, False
+        elif self.length >= self.budget:
+            self.mode = _DONE
+        return False, False, False
+
+
+@dataclass
+class _Pattern:
+    """Device tensors for one combination of row requirements (cached: patterns repeat)."""
+
+    forced: torch.Tensor
+    span: tuple[int, int] | None
+    allowed: torch.Tensor | None
+    table: PhaseTable | None
+    cfg_rows: torch.Tensor | None
+    cfg_all: bool
+
+
+class GenerationEngine:
+    """Decodes batches of rows with a `model` whose ids follow `vocab`.
+
+    `model` is an ILLUME (or plain transformers Qwen2) causal LM. `eos_ids` end text rows
+    (default: `<|im_end|>` and the pad/`<|endoftext|>` id). CUDA graphs are used on CUDA unless
+    `use_cuda_graphs=False`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vocab: ImageVocabulary,
+        *,
+        resolutions: Sequence[tuple[int, int]] = GENERATION_RESOLUTIONS,
+        eos_ids: Sequence[int] | None = None,
+        use_cuda_graphs: bool | None = None,
+    ) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.rules = TextRules(vocab, resolutions)
+        self.eos = frozenset(eos_ids if eos_ids is not None else (vocab.end_of_text, vocab.pad))
+        device = model.get_input_embeddings().weight.device
+        self.use_cuda_graphs = device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
+        self._decoder: StaticDecoder | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _decoder_for(self, rows: int, max_len: int) -> StaticDecoder:
+        """Reuse the cache (and its captured graphs) when a call has the same shape as the last."""
+        dec = self._decoder
+        if dec is None or dec.rows != rows or dec.max_len != max_len:
+            self._decoder = None
+            dec = StaticDecoder(self.model, rows, max_len, self.use_cuda_graphs)
+            self._decoder = dec
+        return dec
+
+    # ------------------------------------------------------------------ step patterns
+    def _pattern(self, reqs: tuple[Requirement, ...], sampling: SamplingConfig, cache: dict) -> _Pattern:
+        key = reqs
+        if key in cache:
+            return cache[key]
+        device = self.device
+        forced = torch.tensor([r.forced for r in reqs], dtype=torch.long, device=device)
+        sampled = [r for r in reqs if r.sampled]
+        if not sampled:
+            pattern = _Pattern(forced, None, None, None, None, False)
+            cache[key] = pattern
+            return pattern
+        span = (min(r.lo for r in sampled), max(r.hi for r in sampled))
+        width = span[1] - span[0]
+        allowed = None
+        if any((r.lo, r.hi) != span or r.banned for r in sampled):
+            ids = torch.arange(span[0], span[1])
+            rows = []
+            for r in reqs:
+                if not r.sampled:
+                    rows.append(torch.ones(width, dtype=torch.bool))
+                    continue
+                row = (ids >= r.lo) & (ids < r.hi)
+                if r.banned:
+                    banned = torch.tensor([b for b in r.banned if span[0] <= b < span[1]], dtype=torch.long)
+                    row[banned - span[0]] = False
+                rows.append(row)
+            allowed = torch.stack(rows).to(device)
+        stages = [[sampling.phase(r.phase if r.sampled else TEXT) for r in reqs]]
+        if sampling.official_double_sampling:
+            stages.append([sampling.text for _ in reqs])
+        table = PhaseTable.build(stages, device)
+        cfg_flags = [r.sampled and r.phase in (SEMANTIC, PIXEL) and sampling.uses_cfg for r in reqs]
+        cfg_rows = torch.tensor(cfg_flags, device=device) if any(cfg_flags) else None
+        cfg_all = all(f for f, r in zip(cfg_flags, reqs) if r.sampled)
+        pattern = _Pattern(forced, span, allowed, table, cfg_rows, cfg_all)
+        cache[key] = pattern
+        return pattern
+
+    def _select(
+        self, pattern: _Pattern, logits: torch.Tensor | None, keys: torch.Tensor, sampling: SamplingConfig
+    ) -> torch.Tensor:
+        """The next token of every conditional row (rows,), on the device."""
+        if pattern.span is None:
+            return pattern.forced
+        batch = pattern.forced.shape[0]
+        scores = logits[:batch]
+        if pattern.cfg_rows is not None:
+            guided = cfg_combine(scores, logits[batch:], sampling.cfg_scale)
+            scores = guided if pattern.cfg_all else torch.where(pattern.cfg_rows[:, None], guided, scores)
+        if pattern.allowed is not None:
+            scores = scores.masked_fill(~pattern.allowed, float("-inf"))
+        drawn = sample_tokens(
+            scores, pattern.table, keys, id_offset=pattern.span[0], greedy=not sampling.do_sample
+        )
+        return torch.where(pattern.forced >= 0, pattern.forced, drawn)
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: PromptEmbeddings,
+        rows: Sequence[RowSpec],
+        sampling: SamplingConfig,
+        keys: torch.Tensor,
+        *,
+        max_new_tokens: int = 1024,
+    ) -> Iterator[tuple[torch.Tensor, list[bool]]]:
+        """Decode step by step; yields (tokens of the conditional rows (B,) on the device, which rows
+        were still active for that token). `keys` (B,) are the rows' seeds (`sampling.row_keys`)."""
+        batch = len(rows)
+        cfg = sampling.uses_cfg
+        total = 2 * batch if cfg else batch
+        if prompt.embeds.shape[0] != total:
+            raise ValueError(
+                f"{prompt.embeds.shape[0]} prompt rows for {batch} rows"
+                + (" with CFG (conditional rows, then as many unconditional ones)" if cfg else "")
+            )
+        if keys.shape != (batch,):
+            raise ValueError(f"keys must have shape ({batch},), got {tuple(keys.shape)}")
+        vocab, rules = self.vocab, self.rules
+        budgets = []
+        for spec in rows:
+            if spec.image is not None:
+                budgets.append(image_plan(vocab, spec.image).__len__())
+            else:
+                budgets.append(max_new_tokens + (rules.max_image_tokens() if spec.allow_images else 0))
+        states = [
+            _Row(spec, vocab, rules, self.eos, max_new_tokens if spec.image is None else b)
+            for spec, b in zip(rows, budgets)
+        ]
+        prompt_len = prompt.embeds.shape[1]
+        decoder = self._decoder_for(total, prompt_len + max(budgets))
+        state = decoder.state
+        patterns: dict = {}
+        visibility: dict = {}
+        reqs = tuple(s.requirement() for s in states)
+        pattern = self._pattern(reqs, sampling, patterns)
+        logits = decoder.prefill(prompt.embeds, prompt.attention_mask, pattern.span)
+        positions = prompt.attention_mask.long().sum(-1).tolist()
+        image_start: dict[int, tuple[int, int]] = {}
+        keys = keys.to(self.device)
+        slot = prompt_len
+        for step in range(max(budgets)):
+            tokens = self._select(pattern, logits, step_keys(keys, step), sampling)
+            host = tokens.tolist() if any(s.needs_host for s in states) else None
+            active = [not s.done for s in states]
+            visible = list(active) + ([False] * batch if cfg else [])
+            for r, st in enumerate(states):
+                if not active[r]:
+                    continue
+                token = host[r] if host is not None else reqs[r].forced
+                opens, in_image, closes = st.advance(token)
+                if not cfg:
+                    continue
+                if opens:
+                    image_start[r] = (slot, positions[batch + r])
+                visible[batch + r] = in_image
+                if closes and r in image_start:
+                    start_slot, start_pos = image_start.pop(r)
+                    state.mask[batch + r, start_slot:slot] = False
+                    positions[batch + r] = start_pos
+                    state.positions[batch + r] = start_pos
+            yield tokens, active
+            if all(s.done for s in states):
+                return
+            reqs = tuple(s.requirement() for s in states)
+            pattern = self._pattern(reqs, sampling, patterns)
+            vis_key = tuple(visible)
+            if vis_key not in visibility:
+                flags = torch.tensor(vis_key, device=self.device)
+                visibility[vis_key] = (flags, flags.long())
+            flags, increments = visibility[vis_key]
+            state.tokens[:batch].copy_(tokens)
+            if cfg:
+                state.tokens[batch:].copy_(tokens)
+            state.mask[:, slot].copy_(flags)
+            logits = decoder.step(pattern.span)
+            state.positions.add_(increments)
+            state.slot.add_(1)
+            positions = [p + v for p, v in zip(positions, vis_key)]
+            slot += 1
+
+    def generate(
+        self,
+        prompt: PromptEmbeddings,
+        rows: Sequence[RowSpec],
+        sampling: SamplingConfig,
+        keys: torch.Tensor,
+        *,
+        max_new_tokens: int = 1024,
+    ) -> list[list[int]]:
+        """Generated ids per conditional row (an ended text row includes its end-of-text id)."""
+        columns, masks = [], []
+        for tokens, active in self.stream(prompt, rows, sampling, keys, max_new_tokens=max_new_tokens):
+            columns.append(tokens)
+            masks.append(active)
+        if not columns:
+            return [[] for _ in rows]
+        table = torch.stack(columns, dim=1).tolist()
+        return [[tok for tok, m in zip(row, (mask[r] for mask in masks)) if m] for r, row in enumerate(table)]
