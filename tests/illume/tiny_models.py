@@ -59,3 +59,21 @@ def tiny_origin_dir(golden: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def tiny_dualvitok_dir(golden: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_dualvitok(golden, tmp_path_factory.mktemp("tiny_dualvitok"))
+
+
+def write_tiny_sdxl_decoder(out: Path, code_channels: int = 16, seed: int = 0) -> Path:
+    """A randomly initialised SDXL decoder folder (released layout) sized for the tiny DualViTok.
+
+    `code_channels` is the tokenizer's merged code-map width (8 semantic + 8 pixel for the tiny one).
+    """
+    from vision_tokenizer.sdxl import DualViTokSDXLDecoderPipeline
+    from vision_tokenizer.sdxl.tiny import tiny_sdxl_components
+
+    vae, unet, scheduler = tiny_sdxl_components(code_channels, seed)
+    DualViTokSDXLDecoderPipeline(vae=vae, unet=unet, scheduler=scheduler).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_sdxl_decoder(tmp_path_factory.mktemp("tiny_sdxl") / "dualvitok-sdxl-decoder")
