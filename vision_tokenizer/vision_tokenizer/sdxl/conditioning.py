@@ -9,6 +9,8 @@ inference both build their UNet inputs here, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,6 +41,17 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Evaluation behaviour for the call (DualViTok adds training-time code noise), mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def code_map_from_indices(dualvitok: nn.Module, indices_semantic: torch.Tensor, indices_pixel: torch.Tensor) -> torch.Tensor:
     """Merged code map [B, C_sem + C_pix, hp, wp] for code indices, in the DualViTok's own dtype."""
@@ -52,8 +65,9 @@ def code_map_from_indices(dualvitok: nn.Module, indices_semantic: torch.Tensor, 
             f"semantic and pixel indices disagree on the batch size: {indices_semantic.shape[0]} vs {indices_pixel.shape[0]}"
         )
     device = module_device(dualvitok)
-    codes_semantic, codes_pixel = dualvitok.indices_to_codes(indices_semantic.to(device), indices_pixel.to(device))
-    return dualvitok.merge_quants(codes_semantic, codes_pixel)
+    with _eval_mode(dualvitok):
+        codes_semantic, codes_pixel = dualvitok.indices_to_codes(indices_semantic.to(device), indices_pixel.to(device))
+        return dualvitok.merge_quants(codes_semantic, codes_pixel)
 
 
 @torch.no_grad()
@@ -67,7 +81,8 @@ def code_map_from_images(dualvitok: nn.Module, images: torch.Tensor) -> tuple[to
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a [B, 3, H, W] tensor in [-1, 1]; got {shape}")
     parameter_dtype = next(dualvitok.parameters()).dtype
-    indices_semantic, indices_pixel = dualvitok.encode_code(images.to(module_device(dualvitok), parameter_dtype))
+    with _eval_mode(dualvitok):
+        indices_semantic, indices_pixel = dualvitok.encode_code(images.to(module_device(dualvitok), parameter_dtype))
     code_map = code_map_from_indices(dualvitok, indices_semantic, indices_pixel)
     return code_map, indices_semantic, indices_pixel
 
