@@ -22,10 +22,12 @@ from it, as in the official implementation, which restarts the unconditional bra
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
 from illume.inference.decoder import StaticDecoder
 from illume.inference.sampling import (
     PIXEL,
@@ -39,7 +41,6 @@ from illume.inference.sampling import (
 )
 from illume.inference.schedule import GENERATION_RESOLUTIONS, ImagePlan, Requirement, TextRules, image_plan
 from illume.vocab import ImageGrid, ImageVocabulary
-from torch import nn
 
 __all__ = ["RowSpec", "PromptEmbeddings", "GenerationEngine"]
 
@@ -349,12 +350,18 @@ class GenerationEngine:
         keys: torch.Tensor,
         *,
         max_new_tokens: int = 1024,
+        on_step: Callable[[], None] | None = None,
     ) -> list[list[int]]:
-        """Generated ids per conditional row (an ended text row includes its end-of-text id)."""
+        """Generated ids per conditional row (an ended text row includes its end-of-text id).
+
+        `on_step` is called after every decode step (e.g. a progress bar's update).
+        """
         columns, masks = [], []
         for tokens, active in self.stream(prompt, rows, sampling, keys, max_new_tokens=max_new_tokens):
             columns.append(tokens)
             masks.append(active)
+            if on_step is not None:
+                on_step()
         if not columns:
             return [[] for _ in rows]
         table = torch.stack(columns, dim=1).tolist()
