@@ -224,6 +224,25 @@ class IllumeQwen2ForCausalLM(IllumeQwen2PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs
+    ):
+        """transformers' loader, but a checkpoint lacking weights is an error, not a random init.
+
+        A released folder must fill every parameter (the vision tower included); pass
+        `allow_missing_weights=True` only when building a model whose new parts are trained next.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        missing = sorted(info["missing_keys"])
+        if missing and not allow_missing_weights:
+            shown = ", ".join(missing[:8]) + (f" … ({len(missing)} in all)" if len(missing) > 8 else "")
+            raise ValueError(f"{pretrained_model_name_or_path}: checkpoint has no weights for {shown}")
+        return (model, info) if want_info else model
+
     def get_model(self) -> IllumeQwen2Model:
         return self.model
 
