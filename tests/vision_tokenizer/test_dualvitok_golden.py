@@ -96,7 +96,9 @@ def _flipped(ours: torch.Tensor, expected: torch.Tensor, margin: torch.Tensor | 
     if flipped.any():
         assert margin is not None, f"{int(flipped.sum())} indices differ and no margin was recorded"
         margins = margin[flipped]
-        assert bool((margins < NEAR_TIE).all()), f"indices differ where the margin is {margins.max().item():.2e}"
+        assert bool((margins < NEAR_TIE).all()), (
+            f"indices differ where the margin is {margins.max().item():.2e}"
+        )
     return flipped
 
 
@@ -110,11 +112,15 @@ def test_every_recorded_tensor_matches(tiny_model: DualViTok, case: Path):
     flips = {}
     for level in ("semantic", "pixel"):
         flips[level] = _flipped(
-            ours[f"encode.indices_{level}"], recorded[f"encode.indices_{level}"], recorded.get(f"debug.margin_{level}")
+            ours[f"encode.indices_{level}"],
+            recorded[f"encode.indices_{level}"],
+            recorded.get(f"debug.margin_{level}"),
         )
     for name in sorted(names):
         expected, actual = recorded[name], ours[name]
-        assert tuple(actual.shape) == tuple(expected.shape), f"{name}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
+        assert tuple(actual.shape) == tuple(expected.shape), (
+            f"{name}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
+        )
         if name.startswith("encode.indices_") or name == "scaling.image_grid_thw":
             if name == "scaling.image_grid_thw":
                 assert torch.equal(actual.cpu(), expected), name

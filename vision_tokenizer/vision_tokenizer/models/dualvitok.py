@@ -40,19 +40,44 @@ VIT_CONFIG_KEY = "_semantic_encoder_vit_config"
 _COMMENT_KEYS = frozenset({"_note"})
 
 _SEMANTIC_ENCODER_KEYS = frozenset(
-    {"semantic_encoder", "num_blocks", "proj_layer", "z_channels", "embed_dim", "attn_implementation", "target_mlp"}
+    {
+        "semantic_encoder",
+        "num_blocks",
+        "proj_layer",
+        "z_channels",
+        "embed_dim",
+        "attn_implementation",
+        "target_mlp",
+    }
 )
 _SEMANTIC_DECODER_KEYS = frozenset(
     {"z_channels", "embed_dim", "output_channels", "num_blocks", "proj_layer", "attn_implementation"}
 )
 _QUANTIZER_KEYS = frozenset(
-    {"type", "dim", "codebook_size", "channel_first", "rotation_trick", "commitment_weight",
-     "input_to_quantize_commit_loss_weight"}
+    {
+        "type",
+        "dim",
+        "codebook_size",
+        "channel_first",
+        "rotation_trick",
+        "commitment_weight",
+        "input_to_quantize_commit_loss_weight",
+    }
 )
 _MODEL_KEYS = frozenset(
-    {"semantic_encoder", "semantic_quantizer", "semantic_decoder", "pixel_encoder", "pixel_quantizer",
-     "pixel_decoder", "pixel_drop_rate", "pixel_drop_batch_rate", "pixel_noise_type",
-     "semantic_detail_merge_type", "infer_interpolate"}
+    {
+        "semantic_encoder",
+        "semantic_quantizer",
+        "semantic_decoder",
+        "pixel_encoder",
+        "pixel_quantizer",
+        "pixel_decoder",
+        "pixel_drop_rate",
+        "pixel_drop_batch_rate",
+        "pixel_noise_type",
+        "semantic_detail_merge_type",
+        "infer_interpolate",
+    }
 )
 NOISE_TYPES = ("random", "zero")
 MERGE_TYPES = ("cat",)
@@ -65,7 +90,9 @@ def _checked(section: str, values: Mapping[str, Any], allowed: frozenset[str]) -
         raise TypeError(f"DualViTok config {section!r} must be a dict, got {type(values).__name__}")
     unknown = sorted(set(values) - allowed)
     if unknown:
-        raise ValueError(f"unknown keys {unknown} in DualViTok config {section!r}; allowed: {sorted(allowed)}")
+        raise ValueError(
+            f"unknown keys {unknown} in DualViTok config {section!r}; allowed: {sorted(allowed)}"
+        )
     return dict(values)
 
 
@@ -73,7 +100,9 @@ def _build_quantizer(section: str, values: Mapping[str, Any]) -> SimVQ:
     options = _checked(section, values, _QUANTIZER_KEYS)
     kind = options.pop("type", "SimVQ")
     if kind != "SimVQ":
-        raise ValueError(f"DualViTok config {section!r}: quantizer type {kind!r} is not supported (choices: ['SimVQ'])")
+        raise ValueError(
+            f"DualViTok config {section!r}: quantizer type {kind!r} is not supported (choices: ['SimVQ'])"
+        )
     missing = sorted({"dim", "codebook_size"} - set(options))
     if missing:
         raise ValueError(f"DualViTok config {section!r} lacks {missing}")
@@ -145,17 +174,26 @@ class DualViTok(nn.Module):
         if pixel_noise_type not in NOISE_TYPES:
             raise ValueError(f"pixel_noise_type must be one of {NOISE_TYPES}, got {pixel_noise_type!r}")
         if semantic_detail_merge_type not in MERGE_TYPES:
-            raise ValueError(f"semantic_detail_merge_type must be one of {MERGE_TYPES}, got {semantic_detail_merge_type!r}")
+            raise ValueError(
+                f"semantic_detail_merge_type must be one of {MERGE_TYPES}, got {semantic_detail_merge_type!r}"
+            )
         self.config = {
             "type": MODEL_TYPE,
-            "config": _plain({
-                "semantic_encoder": semantic_encoder, "semantic_quantizer": semantic_quantizer,
-                "semantic_decoder": semantic_decoder, "pixel_encoder": pixel_encoder,
-                "pixel_quantizer": pixel_quantizer, "pixel_decoder": pixel_decoder,
-                "pixel_drop_rate": pixel_drop_rate, "pixel_drop_batch_rate": pixel_drop_batch_rate,
-                "pixel_noise_type": pixel_noise_type, "semantic_detail_merge_type": semantic_detail_merge_type,
-                "infer_interpolate": infer_interpolate,
-            }),
+            "config": _plain(
+                {
+                    "semantic_encoder": semantic_encoder,
+                    "semantic_quantizer": semantic_quantizer,
+                    "semantic_decoder": semantic_decoder,
+                    "pixel_encoder": pixel_encoder,
+                    "pixel_quantizer": pixel_quantizer,
+                    "pixel_decoder": pixel_decoder,
+                    "pixel_drop_rate": pixel_drop_rate,
+                    "pixel_drop_batch_rate": pixel_drop_batch_rate,
+                    "pixel_noise_type": pixel_noise_type,
+                    "semantic_detail_merge_type": semantic_detail_merge_type,
+                    "infer_interpolate": infer_interpolate,
+                }
+            ),
         }
         if semantic_vit_config is not None:
             self.config[VIT_CONFIG_KEY] = _plain(semantic_vit_config)
@@ -163,7 +201,9 @@ class DualViTok(nn.Module):
         encoder_options = _checked("semantic_encoder", semantic_encoder, _SEMANTIC_ENCODER_KEYS)
         vit_spec = encoder_options.pop("semantic_encoder", "Emova-ollm/qwen2vit600m")
         attn_implementation = encoder_options.get("attn_implementation", "sdpa")
-        vit = vit_config(semantic_vit_config if semantic_vit_config is not None else vit_spec, attn_implementation)
+        vit = vit_config(
+            semantic_vit_config if semantic_vit_config is not None else vit_spec, attn_implementation
+        )
         self.semantic_encoder = SemanticEncoder(vit, **encoder_options)
         self.semantic_quantizer = _build_quantizer("semantic_quantizer", semantic_quantizer)
         self.semantic_decoder = SemanticDecoder(
@@ -332,7 +372,9 @@ class DualViTok(nn.Module):
     def indices_to_codes(self, idx_semantic: Images, idx_pixel: Images) -> tuple[Any, Any]:
         """Code vectors (q_sem [B, d, hs, ws], q_pix [B, d, hp, wp]) for index grids (or lists of grids)."""
         if isinstance(idx_semantic, torch.Tensor) and isinstance(idx_pixel, torch.Tensor):
-            return self.semantic_quantizer.indices_to_codes(idx_semantic), self.pixel_quantizer.indices_to_codes(idx_pixel)
+            return self.semantic_quantizer.indices_to_codes(
+                idx_semantic
+            ), self.pixel_quantizer.indices_to_codes(idx_pixel)
         pairs = [self.indices_to_codes(s, p) for s, p in self._pairs(idx_semantic, idx_pixel)]
         return [s for s, _ in pairs], [p for _, p in pairs]
 
@@ -346,7 +388,9 @@ class DualViTok(nn.Module):
         """
         batch = q_pixel.shape[0]
         sample_dropped = torch.rand(batch, 1, 1, 1, device=q_pixel.device) < self.pixel_drop_batch_rate
-        position_dropped = torch.rand(batch, 1, *q_pixel.shape[-2:], device=q_pixel.device) < self.pixel_drop_rate
+        position_dropped = (
+            torch.rand(batch, 1, *q_pixel.shape[-2:], device=q_pixel.device) < self.pixel_drop_rate
+        )
         if self.pixel_noise_type == "random":
             replacement = q_pixel.detach().roll(1, dims=0)
         else:
@@ -355,7 +399,9 @@ class DualViTok(nn.Module):
 
     def merge_quants(self, q_semantic: torch.Tensor, q_pixel: torch.Tensor) -> torch.Tensor:
         """[B, d_sem + d_pix, hp, wp]: semantic codes bicubically resized to the pixel grid, then pixel codes."""
-        upsampled = F.interpolate(q_semantic.float(), size=q_pixel.shape[-2:], mode="bicubic", align_corners=False)
+        upsampled = F.interpolate(
+            q_semantic.float(), size=q_pixel.shape[-2:], mode="bicubic", align_corners=False
+        )
         upsampled = upsampled.to(q_semantic.dtype)
         if self.training and self.pixel_drop_rate:
             q_pixel = self._apply_pixel_noise(q_pixel)
@@ -368,8 +414,14 @@ class DualViTok(nn.Module):
 
     @staticmethod
     def _pairs(semantic: Images, pixel: Images) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(semantic, torch.Tensor) or isinstance(pixel, torch.Tensor) or len(semantic) != len(pixel):
-            raise ValueError("semantic and pixel inputs must both be tensors or both be lists of the same length")
+        if (
+            isinstance(semantic, torch.Tensor)
+            or isinstance(pixel, torch.Tensor)
+            or len(semantic) != len(pixel)
+        ):
+            raise ValueError(
+                "semantic and pixel inputs must both be tensors or both be lists of the same length"
+            )
         return list(zip(semantic, pixel))
 
     def decode(self, q_semantic: Images, q_pixel: Images) -> torch.Tensor | list[torch.Tensor]:

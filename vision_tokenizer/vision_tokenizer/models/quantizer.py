@@ -121,9 +121,9 @@ class SimVQ(nn.Module):
             with torch.no_grad():
                 indices = nearest_code_indices(rows.detach().to(codebook.dtype), codebook)
             codes = F.embedding(indices, codebook).to(rows.dtype)
-            commit_loss = F.mse_loss(rows.detach(), codes) + self.input_to_quantize_commit_loss_weight * F.mse_loss(
-                rows, codes.detach()
-            )
+            commit_loss = F.mse_loss(
+                rows.detach(), codes
+            ) + self.input_to_quantize_commit_loss_weight * F.mse_loss(rows, codes.detach())
             straight_through = rows + (codes - rows).detach()
         spatial = (z.shape[0], *z.shape[2:]) if self.channel_first else z.shape[:-1]
         quantized = self._from_rows(straight_through, z.shape)

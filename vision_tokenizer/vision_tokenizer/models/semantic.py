@@ -78,7 +78,9 @@ def _run_blocks(
     cu_seqlens = torch.tensor([0, *lengths], device=hidden.device).cumsum(0, dtype=torch.int32)
     position_embeddings = rotary(hidden, raster_position_ids(list(grid_hw), device=hidden.device))
     for block in blocks:
-        hidden = block(hidden, cu_seqlens=cu_seqlens, max_seqlen=max(lengths), position_embeddings=position_embeddings)
+        hidden = block(
+            hidden, cu_seqlens=cu_seqlens, max_seqlen=max(lengths), position_embeddings=position_embeddings
+        )
     return hidden
 
 

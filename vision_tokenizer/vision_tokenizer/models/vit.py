@@ -50,19 +50,21 @@ BUILTIN_VIT_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
-VIT_CONFIG_KEYS = frozenset({
-    "depth",
-    "embed_dim",
-    "hidden_size",
-    "hidden_act",
-    "mlp_ratio",
-    "num_heads",
-    "in_channels",
-    "patch_size",
-    "spatial_merge_size",
-    "temporal_patch_size",
-    "initializer_range",
-})
+VIT_CONFIG_KEYS = frozenset(
+    {
+        "depth",
+        "embed_dim",
+        "hidden_size",
+        "hidden_act",
+        "mlp_ratio",
+        "num_heads",
+        "in_channels",
+        "patch_size",
+        "spatial_merge_size",
+        "temporal_patch_size",
+        "initializer_range",
+    }
+)
 
 # The extra blocks of the semantic encoder/decoder use these values whatever their width (the
 # reference builds them from the config class defaults), so a 64-wide block has 16 heads of 4.
@@ -88,7 +90,9 @@ def vit_config(
             )
         spec = BUILTIN_VIT_CONFIGS[spec]
     if not isinstance(spec, Mapping):
-        raise TypeError(f"ViT spec must be a name, a dict or a Qwen2VLVisionConfig, got {type(spec).__name__}")
+        raise TypeError(
+            f"ViT spec must be a name, a dict or a Qwen2VLVisionConfig, got {type(spec).__name__}"
+        )
     unknown = sorted(set(spec) - VIT_CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown ViT config keys {unknown}; allowed: {sorted(VIT_CONFIG_KEYS)}")

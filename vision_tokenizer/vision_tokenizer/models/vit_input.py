@@ -55,7 +55,9 @@ def vit_target_size(height: int, width: int) -> tuple[int, int]:
     mapped = RESOLUTION_MAPPING.get((int(height), int(width)))
     if mapped is not None:
         return mapped
-    return max(_SIDE_UNIT, height // _SIDE_UNIT * _SIDE_UNIT), max(_SIDE_UNIT, width // _SIDE_UNIT * _SIDE_UNIT)
+    return max(_SIDE_UNIT, height // _SIDE_UNIT * _SIDE_UNIT), max(
+        _SIDE_UNIT, width // _SIDE_UNIT * _SIDE_UNIT
+    )
 
 
 def semantic_grid_size(height: int, width: int) -> tuple[int, int]:
@@ -87,7 +89,14 @@ def _patchify(pixels: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = pixels.shape
     rows, cols = height // PATCH_SIZE, width // PATCH_SIZE
     grid = pixels.reshape(
-        batch, channels, rows // MERGE_SIZE, MERGE_SIZE, PATCH_SIZE, cols // MERGE_SIZE, MERGE_SIZE, PATCH_SIZE
+        batch,
+        channels,
+        rows // MERGE_SIZE,
+        MERGE_SIZE,
+        PATCH_SIZE,
+        cols // MERGE_SIZE,
+        MERGE_SIZE,
+        PATCH_SIZE,
     )
     # -> (batch, window row, window col, inner row, inner col, channel, y, x)
     grid = grid.permute(0, 2, 5, 3, 6, 1, 4, 7)

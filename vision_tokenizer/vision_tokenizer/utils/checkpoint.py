@@ -57,7 +57,9 @@ def find_weight_file(folder: str | os.PathLike) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        raise CheckpointError(f"no weight file in {folder} (looked for {', '.join(WEIGHT_FILE_NAMES)}, *.safetensors, *.bin, *.pt, *.pth)")
+        raise CheckpointError(
+            f"no weight file in {folder} (looked for {', '.join(WEIGHT_FILE_NAMES)}, *.safetensors, *.bin, *.pt, *.pth)"
+        )
     raise CheckpointError(
         f"several weight files in {folder}: {[p.name for p in candidates]}; pass the file to load"
     )
@@ -112,10 +114,14 @@ def _load_single(path: Path) -> object:
 
 
 def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+    return (
+        isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
 
 
-def unwrap_state_dict(checkpoint: object, use_ema: bool = False, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def unwrap_state_dict(
+    checkpoint: object, use_ema: bool = False, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Pick the weights out of a loaded checkpoint: `ema` (only if `use_ema`), `model`, `state_dict` or flat."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a state dict")
@@ -196,7 +202,15 @@ def load_into(
             parts.append(_listing("mis-shaped keys", misshaped))
         raise CheckpointError("\n".join(parts))
     if missing or unexpected:
-        logger.warning("loading %s non-strictly: %d missing keys %s, %d unexpected keys %s",
-                       name, len(missing), missing[:_MAX_LISTED], len(unexpected), unexpected[:_MAX_LISTED])
-    module.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False, assign=assign)
+        logger.warning(
+            "loading %s non-strictly: %d missing keys %s, %d unexpected keys %s",
+            name,
+            len(missing),
+            missing[:_MAX_LISTED],
+            len(unexpected),
+            unexpected[:_MAX_LISTED],
+        )
+    module.load_state_dict(
+        {k: v for k, v in state_dict.items() if k in expected}, strict=False, assign=assign
+    )
     return missing, unexpected
