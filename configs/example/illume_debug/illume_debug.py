@@ -24,17 +24,16 @@ data_args = dict(
 )
 
 model_args = dict(
-    tune_mm_mlp_adapter=True,
-    vision_tokenizer_levels=2,
-    text_token_num=151665,
-    unfreeze_vision_embedding=True,
-    unfreeze_text_embedding=True,
     language_model=dict(
         pretrained_model_name_or_path='checkpoints/Qwen2.5-3B-Instruct-with-vision-tokenizer-32k-96k-level2',
         trainable=True,
     ),
     mm_vision_tower=dict(min_pixels=256 * 256, max_pixels=256 * 256, trainable=False),
     mm_projector=dict(trainable=True),
+    # embedding rows: both the new image-token rows and the original text rows learn
+    unfreeze_text_embedding=True, unfreeze_vision_embedding=True,
+    text_token_num=151665,  # len(Qwen2.5 tokenizer) before the ILLUME tokens
+    vision_tokenizer_levels=2, tune_mm_mlp_adapter=True,
 )
 
 training_args = dict(
