@@ -8,6 +8,7 @@ because the released codebooks were trained on exactly those pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,7 @@ __all__ = [
     "TEMPORAL_PATCH_SIZE",
     "MERGE_SIZE",
     "RESOLUTION_MAPPING",
+    "exact_aspect_fit",
     "vit_target_size",
     "semantic_grid_size",
     "prepare_vit_input",
@@ -32,21 +34,27 @@ TEMPORAL_PATCH_SIZE = 2
 MERGE_SIZE = 2
 _SIDE_UNIT = PATCH_SIZE * MERGE_SIZE
 
-# (height, width) of the input -> (height, width) fed to the ViT: the largest size not above the
-# input whose sides are multiples of 28 and whose aspect ratio equals the input's exactly.
+
+def exact_aspect_fit(height: int, width: int, unit: int = _SIDE_UNIT) -> tuple[int, int]:
+    """Largest (h, w) <= (height, width) with sides divisible by `unit` and h : w exactly height : width."""
+    common = math.gcd(height, width)
+    ratio_h, ratio_w = height // common, width // common
+    step = math.lcm(unit // math.gcd(unit, ratio_h), unit // math.gcd(unit, ratio_w))
+    scale = height // (step * ratio_h) * step
+    return scale * ratio_h, scale * ratio_w
+
+
+# Input sizes (height, width) the reference resizes with the exact aspect ratio kept: the square
+# sizes, and the training-anchor shapes in landscape and portrait.
+_SQUARE_SIDES = (256, 512)
+_PORTRAIT_SHAPES = ((512, 384), (768, 384), (1024, 256), (576, 384), (960, 320))
 RESOLUTION_MAPPING: dict[tuple[int, int], tuple[int, int]] = {
-    (256, 256): (252, 252),
-    (512, 512): (504, 504),
-    (512, 384): (448, 336),
-    (384, 512): (336, 448),
-    (768, 384): (728, 364),
-    (384, 768): (364, 728),
-    (1024, 256): (1008, 252),
-    (256, 1024): (252, 1008),
-    (384, 576): (336, 504),
-    (576, 384): (504, 336),
-    (960, 320): (924, 308),
-    (320, 960): (308, 924),
+    size: exact_aspect_fit(*size)
+    for size in (
+        *((side, side) for side in _SQUARE_SIDES),
+        *_PORTRAIT_SHAPES,
+        *((w, h) for h, w in _PORTRAIT_SHAPES),
+    )
 }
 
 
@@ -55,9 +63,11 @@ def vit_target_size(height: int, width: int) -> tuple[int, int]:
     mapped = RESOLUTION_MAPPING.get((int(height), int(width)))
     if mapped is not None:
         return mapped
-    return max(_SIDE_UNIT, height // _SIDE_UNIT * _SIDE_UNIT), max(
-        _SIDE_UNIT, width // _SIDE_UNIT * _SIDE_UNIT
-    )
+    return _floor_to_unit(height), _floor_to_unit(width)
+
+
+def _floor_to_unit(side: int) -> int:
+    return max(_SIDE_UNIT, side // _SIDE_UNIT * _SIDE_UNIT)
 
 
 def semantic_grid_size(height: int, width: int) -> tuple[int, int]:
