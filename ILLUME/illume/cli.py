@@ -1,0 +1,359 @@
+"""The `illume` command: `illume generate`, `illume edit`, `illume chat`, …
+
+Subcommands live in one table, `SUBCOMMANDS`; other parts of the project add theirs with
+`register_subcommand` (e.g. training or the quickstart) and appear under `illume --help`.
+Heavy imports happen inside the handlers, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Subcommand", "SUBCOMMANDS", "register_subcommand", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """`configure(parser)` adds the flags; `run(args)` does the work and returns the exit code."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register_subcommand(command: Subcommand) -> Subcommand:
+    if command.name in SUBCOMMANDS:
+        raise ValueError(f"illume subcommand {command.name!r} is already registered")
+    SUBCOMMANDS[command.name] = command
+    return command
+
+
+# ---------------------------------------------------------------------------------------------
+# shared flags
+def _resolution(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)[xX*](\d+)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"resolution must look like HxW (e.g. 512x512), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, needs_decoder: bool) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", required=True, help="MLLM checkpoint folder (config.json, weights, tokenizer)"
+    )
+    group.add_argument(
+        "--dualvitok",
+        required=needs_decoder,
+        help="DualViTok checkpoint (file or folder) that turns generated codes into pixels",
+    )
+    group.add_argument(
+        "--dualvitok-config", help="DualViTok config (.py or .json) if none sits beside the checkpoint"
+    )
+    group.add_argument("--sdxl-decoder", help="SDXL decoder folder (needed for --decoder sdxl)")
+    group.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    group.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="MLLM precision (auto: bf16 on CUDA, fp32 on CPU)",
+    )
+    group.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly even on CUDA")
+    group.add_argument(
+        "--seed", type=int, default=42, help="random seed; image/row i uses seed+i (default 42)"
+    )
+
+
+def _add_image_sampling_flags(parser: argparse.ArgumentParser, defaults: dict[str, float]) -> None:
+    group = parser.add_argument_group(
+        "sampling (semantic/pixel values default to the text ones; pixel top-k 3x)"
+    )
+    group.add_argument(
+        "--cfg-scale", type=float, default=defaults["cfg"], help=f"LLM CFG scale (default {defaults['cfg']})"
+    )
+    group.add_argument("--temperature", type=float, default=defaults["t"], help=f"default {defaults['t']}")
+    group.add_argument("--top-k", type=int, default=int(defaults["k"]), help=f"default {int(defaults['k'])}")
+    group.add_argument("--top-p", type=float, default=defaults["p"], help=f"default {defaults['p']}")
+    for level in ("semantic", "pixel"):
+        group.add_argument(f"--{level}-temperature", type=float)
+        group.add_argument(f"--{level}-top-k", type=int)
+        group.add_argument(f"--{level}-top-p", type=float)
+    group.add_argument(
+        "--official-double-sampling",
+        action="store_true",
+        help="reproduce the official scripts' second application of temperature/top-k/top-p",
+    )
+    group.add_argument("--batch-size", type=int, default=8, help="rows decoded together (default 8)")
+    out = parser.add_argument_group("decoding to pixels")
+    out.add_argument("--decoder", choices=("dualvitok", "sdxl"), default="dualvitok")
+    out.add_argument("--diffusion-cfg-scale", type=float, default=1.5, help="SDXL guidance (default 1.5)")
+    out.add_argument("--diffusion-steps", type=int, default=50, help="SDXL denoising steps (default 50)")
+    out.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where PNGs are written")
+
+
+def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = dict(
+        cfg_scale=args.cfg_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        official_double_sampling=args.official_double_sampling,
+    )
+    for level in ("semantic", "pixel"):
+        for name in ("temperature", "top_k", "top_p"):
+            value = getattr(args, f"{level}_{name}")
+            if value is not None:
+                options[f"{level}_{name}"] = value
+    return options
+
+
+def _load_pipeline(args: argparse.Namespace) -> Any:
+    from illume.inference import IllumePipeline
+
+    return IllumePipeline.from_pretrained(
+        args.model,
+        dualvitok=args.dualvitok,
+        dualvitok_config=args.dualvitok_config,
+        sdxl_decoder=args.sdxl_decoder,
+        device=args.device,
+        dtype=None if args.dtype == "auto" else args.dtype,
+        use_cuda_graphs=False if args.no_cuda_graphs else None,
+    )
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit]
+    return slug or "image"
+
+
+def _save(images: Sequence[Any], names: Sequence[str], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (image, name) in enumerate(zip(images, names)):
+        path = folder / f"{index:03d}_{_slug(name)}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# illume generate
+def _configure_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", action="append", default=[], help="caption (repeat for several images)")
+    parser.add_argument("--prompts-file", type=Path, help="text file with one caption per line")
+    parser.add_argument(
+        "--resolution", type=_resolution, default=(512, 512), help="output HxW in pixels (default 512x512)"
+    )
+    parser.add_argument("--num-images", type=int, default=1, help="images per caption (default 1)")
+    _add_model_flags(parser, needs_decoder=True)
+    _add_image_sampling_flags(parser, dict(cfg=2.0, t=1.0, k=2048, p=1.0))
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    prompts = list(args.prompt)
+    if args.prompts_file is not None:
+        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise SystemExit("illume generate: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    prompts = [p for p in prompts for _ in range(args.num_images)]
+    pipe = _load_pipeline(args)
+    images = pipe.generate(
+        prompts,
+        resolution=args.resolution,
+        seed=args.seed,
+        decoder=args.decoder,
+        diffusion_cfg_scale=args.diffusion_cfg_scale,
+        diffusion_steps=args.diffusion_steps,
+        progress=True,
+        **_sampling_options(args),
+    )
+    for path in _save(images, prompts, args.output_dir):
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# illume edit
+def _configure_edit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", action="append", required=True, type=Path, help="input image (repeatable)")
+    parser.add_argument(
+        "--instruction",
+        action="append",
+        required=True,
+        help="edit instruction: one for all images, or one per image",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=_resolution,
+        help="working HxW (default: the aspect-ratio anchor closest to each input)",
+    )
+    parser.add_argument(
+        "--keep-padding", action="store_true", help="save the anchor-sized output without un-padding"
+    )
+    _add_model_flags(parser, needs_decoder=True)
+    _add_image_sampling_flags(parser, dict(cfg=1.5, t=0.7, k=512, p=0.8))
+
+
+def _run_edit(args: argparse.Namespace) -> int:
+    from vision_tokenizer.data.image_io import load_image
+
+    images = [load_image(path) for path in args.image]
+    instructions = args.instruction
+    if len(instructions) not in (1, len(images)):
+        raise SystemExit(
+            f"illume edit: {len(instructions)} instructions for {len(images)} images (give 1 or one each)"
+        )
+    pipe = _load_pipeline(args)
+    edited = pipe.edit(
+        images,
+        instructions,
+        resolution=args.resolution,
+        seed=args.seed,
+        decoder=args.decoder,
+        diffusion_cfg_scale=args.diffusion_cfg_scale,
+        diffusion_steps=args.diffusion_steps,
+        unpad=not args.keep_padding,
+        progress=True,
+        **_sampling_options(args),
+    )
+    names = [f"{path.stem}_{text}" for path, text in zip(args.image, instructions * len(images))]
+    for path in _save(edited, names, args.output_dir):
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# illume chat
+def _configure_chat(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image", action="append", default=[], type=Path, help="image to talk about (repeatable)"
+    )
+    parser.add_argument("--question", help="ask once, print the answer and exit (otherwise: interactive)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default 512)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument(
+        "--allow-images", action="store_true", help="let answers contain generated images (needs --dualvitok)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where generated images go")
+    _add_model_flags(parser, needs_decoder=False)
+
+
+def _chat_turn(pipe: Any, args: argparse.Namespace, messages: list, images: list, turn: int) -> str:
+    options = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        do_sample=args.do_sample,
+        seed=args.seed + turn,
+        allow_images=args.allow_images,
+    )
+    if not args.allow_images:
+        answer = ""
+        for piece in pipe.stream_chat(messages, images, **options):
+            print(piece, end="", flush=True)
+            answer += piece
+        print()
+        return answer
+    reply = pipe.chat(messages, images, **options)
+    print(reply.text)
+    if reply.images:
+        pictures = pipe.decode(reply.images)
+        for path in _save(pictures, [f"chat_turn{turn}"] * len(pictures), args.output_dir):
+            print(f"[image saved to {path}]")
+    return reply.text
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from vision_tokenizer.data.image_io import load_image
+
+    from illume.inference.prompts import understanding_message
+
+    if args.allow_images and args.dualvitok is None:
+        raise SystemExit("illume chat: --allow-images needs --dualvitok to turn generated codes into pixels")
+    pipe = _load_pipeline(args)
+    images = [load_image(path) for path in args.image]
+    if args.question is not None:
+        messages = [("user", understanding_message(args.question, len(images)))]
+        _chat_turn(pipe, args, messages, images, 0)
+        return 0
+    print("Interactive chat. Commands: /image PATH (attach), /reset, /exit. Ctrl-D quits.")
+    messages: list[tuple[str, str]] = []
+    pending = list(images)
+    all_images: list[Any] = []
+    turn = 0
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            messages, pending, all_images = [], [], []
+            continue
+        if line.startswith("/image "):
+            pending.append(load_image(line[len("/image ") :].strip()))
+            continue
+        messages.append(("user", understanding_message(line, len(pending))))
+        all_images += pending
+        pending = []
+        print("illume> ", end="", flush=True)
+        answer = _chat_turn(pipe, args, messages, all_images, turn)
+        messages.append(("assistant", answer))
+        turn += 1
+
+
+register_subcommand(
+    Subcommand("generate", "text-to-image: captions → PNG files", _configure_generate, _run_generate)
+)
+register_subcommand(Subcommand("edit", "edit images by instruction → PNG files", _configure_edit, _run_edit))
+register_subcommand(
+    Subcommand("chat", "ask about images (one-shot --question, or interactive)", _configure_chat, _run_chat)
+)
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="illume",
+        description="ILLUME+: understand, generate and edit images with one multimodal LLM.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SUBCOMMANDS.values():
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(sub)
+        sub.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

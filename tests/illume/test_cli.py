@@ -1,0 +1,142 @@
+"""`illume` CLI on CPU with the golden tiny ILLUME+ and tiny DualViTok."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import torch
+from illume.cli import SUBCOMMANDS, Subcommand, build_parser, main, register_subcommand
+from PIL import Image
+
+from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_origin_dir  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def model_flags(tiny_origin_dir, tiny_dualvitok_dir):  # noqa: F811
+    return ["--model", str(tiny_origin_dir), "--dualvitok", str(tiny_dualvitok_dir), "--device", "cpu"]
+
+
+def test_help_lists_the_subcommands():
+    result = subprocess.run(
+        [sys.executable, "-m", "illume.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    for name in ("generate", "edit", "chat"):
+        assert name in result.stdout
+
+
+def test_task_defaults_follow_the_official_recipes():
+    gen = build_parser().parse_args(["generate", "--model", "m", "--dualvitok", "d"])
+    assert (gen.cfg_scale, gen.temperature, gen.top_k, gen.top_p) == (2.0, 1.0, 2048, 1.0)
+    edit = build_parser().parse_args(
+        ["edit", "--model", "m", "--dualvitok", "d", "--image", "x", "--instruction", "y"]
+    )
+    assert (edit.cfg_scale, edit.temperature, edit.top_k, edit.top_p) == (1.5, 0.7, 512, 0.8)
+
+
+def test_generate_writes_pngs(model_flags, tmp_path, capsys):
+    out = tmp_path / "gen"
+    code = main(
+        [
+            "generate",
+            *model_flags,
+            "--prompt",
+            "a cat",
+            "--prompt",
+            "a {dog}",
+            "--resolution",
+            "256x256",
+            "--output-dir",
+            str(out),
+            "--seed",
+            "7",
+        ]
+    )
+    assert code == 0
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["000_a_cat.png", "001_a_dog.png"]
+    assert all(Image.open(f).size == (256, 256) for f in files)
+    assert str(files[0]) in capsys.readouterr().out
+
+
+def test_edit_keeps_the_input_size(model_flags, tmp_path):
+    source = tmp_path / "in.png"
+    Image.new("RGB", (100, 70), (90, 30, 160)).save(source)
+    out = tmp_path / "edit"
+    assert (
+        main(
+            [
+                "edit",
+                *model_flags,
+                "--image",
+                str(source),
+                "--instruction",
+                "make it red",
+                "--resolution",
+                "256x256",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    (result,) = out.glob("*.png")
+    assert Image.open(result).size == (100, 70)
+
+
+def test_chat_answers_one_question(model_flags, tmp_path, capsys):
+    picture = tmp_path / "p.png"
+    Image.new("RGB", (64, 64), (0, 128, 0)).save(picture)
+    assert (
+        main(
+            [
+                "chat",
+                *model_flags,
+                "--image",
+                str(picture),
+                "--question",
+                "What colour?",
+                "--max-new-tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip()
+
+
+def test_interactive_chat_reads_until_exit(model_flags, monkeypatch, capsys):
+    lines = iter(["hello", "/reset", "again", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", *model_flags, "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.count("illume> ") == 2
+
+
+def test_bad_resolution_is_rejected(model_flags, capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", *model_flags, "--prompt", "x", "--resolution", "big"])
+    assert "HxW" in capsys.readouterr().err
+
+
+def test_subcommands_can_be_registered_once():
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--steps", type=int, default=1)
+
+    command = Subcommand("dummy-test", "a test command", configure, lambda args: args.steps - 3)
+    register_subcommand(command)
+    try:
+        assert main(["dummy-test", "--steps", "5"]) == 2
+        with pytest.raises(ValueError, match="already registered"):
+            register_subcommand(command)
+    finally:
+        SUBCOMMANDS.pop("dummy-test")
