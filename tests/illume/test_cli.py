@@ -60,6 +60,8 @@ def test_generate_writes_pngs(model_flags, tmp_path, capsys):
             str(out),
             "--seed",
             "7",
+            "--cfg-scale",
+            "1",
         ]
     )
     assert code == 0
