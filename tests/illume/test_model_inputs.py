@@ -177,3 +177,16 @@ def test_gradients_reach_tower_projector_and_embeddings(model) -> None:
     ):
         grad = trainee.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_tower_in_another_precision_than_the_llm(model) -> None:
+    """Training keeps the tower in fp32 next to a bf16 LLM; features are cast on the way in."""
+    mixed = copy.deepcopy(model).to(torch.bfloat16)
+    mixed.model.vision_tower.float()
+    ids = torch.tensor([[321, IMAGE_TOKEN_INDEX, 50]])
+    image = _image(64, 64, 7)
+    with torch.no_grad():
+        low = mixed(input_ids=ids, images=[image]).logits
+        full = model(input_ids=ids, images=[image]).logits
+    assert low.dtype == torch.bfloat16
+    assert torch.corrcoef(torch.stack([low.float().flatten(), full.flatten()]))[0, 1] > 0.99

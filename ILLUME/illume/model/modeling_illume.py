@@ -97,7 +97,8 @@ class IllumeQwen2Model(IllumeQwen2PreTrainedModel, Qwen2Model):
         if not self.has_vision:
             raise ValueError("this model has no vision tower (config.mm_vision_tower is None)")
         tower = self.vision_tower(_image_list(images))
-        projected = self.mm_projector([torch.cat(tower.semantic), torch.cat(tower.pixel)])
+        dtype = self.mm_projector.projector_1[0].weight.dtype  # the tower may run in another precision
+        projected = self.mm_projector([torch.cat(tower.semantic).to(dtype), torch.cat(tower.pixel).to(dtype)])
         num_semantic = sum(g.num_semantic for g in tower.grids)
         special = self._special_embeddings()
         # Rows of `table`: the special embeddings, then every image's semantic rows, then pixel rows.

@@ -123,10 +123,6 @@ class DualVisionTower(nn.Module):
         """Feature sizes [semantic, pixel] (3584 and 32 for the released model)."""
         return [self.semantic_encoder.config.hidden_size, self.pixel_encoder.config.z_channels]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pixel_encoder.conv_in.weight.dtype
-
     def _check_images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
         batch = (
             list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
@@ -161,9 +157,10 @@ class DualVisionTower(nn.Module):
 
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> TowerOutput:
         """Encode [-1, 1] images (a [B,3,H,W] tensor or a list of [1,3,H,W] tensors of any sizes)."""
-        batch = [img.to(self.dtype) for img in self._check_images(images)]
+        weight = self.pixel_encoder.conv_in.weight
+        batch = [img.to(device=weight.device, dtype=weight.dtype) for img in self._check_images(images)]
         patches, grid_thw = prepare_vit_input(batch)
-        rows = vit_features(self.semantic_encoder, patches.to(self.dtype), grid_thw)
+        rows = vit_features(self.semantic_encoder, patches.to(weight.dtype), grid_thw)
         sem_grids = [(h // self.merge_size, w // self.merge_size) for h, w in grid_thw[:, 1:].tolist()]
         semantic = list(rows.split([h * w for h, w in sem_grids]))
         pixel = self._pixel_features(batch)
