@@ -1,0 +1,373 @@
+"""Tokenize generation / editing datasets for MLLM training (codebook inference).
+
+    torchrun --nproc_per_node N -m vision_tokenizer.codebook_inference --model_config CFG
+        --tokenizer_checkpoint CKPT --data_config META.json [--resolution_type fixed --resolution 256]
+
+For every dataset of the meta-data config with `"tokenizer_inference": true` and every
+`*.jsonl` / `*.json` file below its `annotation_dir`, each record's images (from `image_dir`)
+are matched to an anchor size (`fixed`: R x R; `fixed_anchors`: the 11 `RATIOS`), Lanczos
+cover-resized and centre-cropped to it, run through the `data_args.inference` transform and
+encoded in batches of images of equal size. Outputs, below `{root}/{output_dirname}/{tokenizer_version}/`:
+* `{version}/{same relative path}.jsonl`: each tokenized record plus `image_sizes` ([h, w] of the
+  originals), `image_embed_inds` ([semantic grid, pixel grid] per image, grids as lists of rows)
+  and `matched_ratios` ([H, W] anchors), in input order; `version` is `fixed_{R}` or `fixed_anchors`;
+* `{version}_skipped.jsonl`: every record that was not tokenized, with `file`, `line` (1-based
+  line of a .jsonl, or `item` index of a .json list) and `reason` (malformed JSON, unreadable
+  image, crop above `--crop_percent_thresh`, ...); each is also logged;
+* `{root}/{output_dirname}/{version}_data_statistic.json`: records per anchor (`ratio_h{H}_w{W}`,
+  `ratio_mixed` when a record's images differ) summed over all files of the dataset.
+Relative folders in the meta-data config are resolved against the config file's directory.
+
+Work is split over ranks record by record. Each rank appends finished records to its own part
+file (in `{version}_work/`) after every batch; `--resume` continues from those parts, and a file
+whose merged output exists is skipped. Without `--resume`, earlier results are replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vision_tokenizer.data.image_io import ImageLoadError, load_image
+from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_transform
+from vision_tokenizer.models.dualvitok import DualViTok
+from vision_tokenizer.train.distributed import DistContext, init_distributed
+from vision_tokenizer.utils.config import load_config
+
+__all__ = ["main", "build_parser", "read_annotation_records", "AnnotationRecord"]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_SUFFIXES = (".jsonl", ".json")
+_META_KEYS = ("root", "image_dir", "annotation_dir", "tokenizer_inference")
+# Records handed to the encoder between two writes of the part file (the resume granularity).
+_CHUNK_RECORDS = 64
+
+
+@dataclass
+class AnnotationRecord:
+    """One input record with its location; `error` is set when it could not be parsed."""
+
+    file: str
+    position: int  # 1-based line (.jsonl) or 0-based item index (.json)
+    record: dict[str, Any] | None = None
+    error: str | None = None
+    is_item: bool = False
+
+    def location(self) -> dict[str, Any]:
+        return {"file": self.file, "item" if self.is_item else "line": self.position}
+
+
+@dataclass
+class _Prepared:
+    record: AnnotationRecord
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    sizes: list[list[int]] = field(default_factory=list)
+    anchors: list[list[int]] = field(default_factory=list)
+
+
+def read_annotation_records(path: Path) -> list[AnnotationRecord]:
+    """Every record of a .jsonl (one per non-empty line) or .json (a list) file, broken ones included."""
+    name = str(path)
+    if path.suffix == ".jsonl":
+        records = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as error:
+                    records.append(AnnotationRecord(name, number, error=f"invalid JSON ({error.msg} at column {error.colno})"))
+                    continue
+                records.append(_checked(AnnotationRecord(name, number), value))
+        return records
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        return [AnnotationRecord(name, error.lineno, error=f"invalid JSON file ({error.msg})")]
+    if not isinstance(items, list):
+        return [AnnotationRecord(name, 1, error="a .json annotation file must hold a list of records")]
+    return [_checked(AnnotationRecord(name, index, is_item=True), item) for index, item in enumerate(items)]
+
+
+def _checked(entry: AnnotationRecord, value: Any) -> AnnotationRecord:
+    if not isinstance(value, dict):
+        entry.error = f"a record must be a JSON object, got {type(value).__name__}"
+    elif not value.get("images"):
+        entry.error = "record has no 'images'"
+    elif not isinstance(value["images"], (str, list)) or (
+        isinstance(value["images"], list) and not all(isinstance(i, str) for i in value["images"])
+    ):
+        entry.error = "'images' must be a path or a list of paths"
+    else:
+        entry.record = value
+    return entry
+
+
+def _load_meta(path: str) -> dict[str, dict[str, Any]]:
+    meta_path = Path(path)
+    if not meta_path.is_file():
+        raise SystemExit(f"--data_config: file not found: {meta_path}")
+    try:
+        table = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{meta_path}: not valid JSON ({error})") from None
+    if not isinstance(table, dict):
+        raise SystemExit(f"{meta_path}: expected an object mapping dataset names to their folders")
+    datasets = {}
+    for name, entry in table.items():
+        missing = [key for key in _META_KEYS if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise SystemExit(f"{meta_path}: dataset {name!r} lacks {missing}")
+        if entry["tokenizer_inference"] is True:
+            datasets[name] = {key: (meta_path.parent / entry[key]).resolve() for key in ("root", "image_dir", "annotation_dir")}
+    return datasets
+
+
+class CodebookInference:
+    """Runs the whole job for one rank; see the module docstring."""
+
+    def __init__(self, args: argparse.Namespace, ctx: DistContext) -> None:
+        self.args = args
+        self.ctx = ctx
+        if args.batch_size < 1:
+            raise SystemExit("--batch_size must be >= 1")
+        if args.resolution_type == "fixed":
+            anchors, self.version = [(args.resolution, args.resolution)], f"fixed_{args.resolution}"
+        else:
+            anchors, self.version = list(RATIOS), "fixed_anchors"
+        self.cropper = AspectRatioCrop(anchors, args.crop_percent_thresh)
+        cfg = load_config(args.model_config)
+        inference = cfg.get("data_args", {}).get("inference") or {"augment": {"type": "dualvitok_anyres_inference"}}
+        self.transform = build_transform(inference["augment"], inference.get("resolution", args.resolution))
+        self.dtype = DTYPES[args.torch_dtype]
+        self.model = DualViTok.from_pretrained(
+            args.tokenizer_checkpoint, use_ema=args.use_ema, config=args.model_config, device=ctx.device
+        ).to(device=ctx.device, dtype=self.dtype).eval()
+
+    # ---- per image / record ---------------------------------------------------------------
+    def prepare(self, entry: AnnotationRecord, image_dir: Path) -> _Prepared | dict[str, Any]:
+        """Load and crop a record's images, or return the skip report for it."""
+        if entry.error:
+            return {**entry.location(), "reason": entry.error}
+        names = entry.record["images"]
+        names = [names] if isinstance(names, str) else names
+        prepared = _Prepared(entry)
+        for name in names:
+            path = image_dir / name
+            try:
+                image = load_image(path)
+            except ImageLoadError as error:
+                return {**entry.location(), "image": str(path), "reason": f"unreadable image: {error.reason}"}
+            found = self.cropper.match(image.height, image.width)
+            if found.exceeds(self.cropper.crop_percent_thresh):
+                return {**entry.location(), "image": str(path), "reason": (
+                    f"crop {found.crop_fraction:.3f} > crop_percent_thresh {self.cropper.crop_percent_thresh} "
+                    f"for a {image.height}x{image.width} image and anchor {found.anchor[0]}x{found.anchor[1]}")}
+            cropped, _ = self.cropper(image)
+            try:
+                tensor = self.transform(cropped, random.Random(0))
+            except (ValueError, OSError) as error:
+                return {**entry.location(), "image": str(path), "reason": f"transform failed: {error}"}
+            prepared.tensors.append(tensor)
+            prepared.sizes.append([image.height, image.width])
+            prepared.anchors.append(list(found.anchor))
+        return prepared
+
+    @torch.inference_mode()
+    def encode(self, prepared: list[_Prepared]) -> list[dict[str, Any]]:
+        """Encode every image of the chunk in batches of equal shape; returns the output records."""
+        grids: dict[tuple[int, int], list[list[list[int]]]] = {}
+        by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for r, item in enumerate(prepared):
+            for i, tensor in enumerate(item.tensors):
+                by_shape.setdefault(tuple(tensor.shape), []).append((r, i))
+        for keys in by_shape.values():
+            for start in range(0, len(keys), self.args.batch_size):
+                chunk = keys[start : start + self.args.batch_size]
+                batch = torch.cat([prepared[r].tensors[i] for r, i in chunk]).to(self.ctx.device, dtype=self.dtype)
+                idx_semantic, idx_pixel = self.model.encode_code(batch)
+                for row, key in enumerate(chunk):
+                    grids[key] = [idx_semantic[row].tolist(), idx_pixel[row].tolist()]
+        outputs = []
+        for r, item in enumerate(prepared):
+            record = dict(item.record.record)
+            record["image_sizes"] = item.sizes
+            record["image_embed_inds"] = [grids[(r, i)] for i in range(len(item.tensors))]
+            record["matched_ratios"] = item.anchors
+            outputs.append(record)
+        return outputs
+
+    # ---- per file -------------------------------------------------------------------------
+    def _part_path(self, work: Path, rank: int) -> Path:
+        return work.with_name(f"{work.name}.rank{rank}of{self.ctx.world_size}.jsonl")
+
+    @staticmethod
+    def _read_part(path: Path) -> list[dict[str, Any]]:
+        """Complete entries of a part file; a line cut short by a crash is dropped and truncated away."""
+        if not path.exists():
+            return []
+        entries, good = [], 0
+        with open(path, "rb") as handle:
+            for line in handle:
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+                good += len(line)
+        with open(path, "r+b") as handle:
+            handle.truncate(good)
+        return entries
+
+    def process_file(self, source: Path, image_dir: Path, work: Path) -> None:
+        """Tokenize this rank's share of `source`, appending results to its part file."""
+        records = read_annotation_records(source)
+        mine = records[self.ctx.rank :: self.ctx.world_size]
+        part = self._part_path(work, self.ctx.rank)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        done = {entry["position"] for entry in self._read_part(part)} if self.args.resume else set()
+        if not self.args.resume and part.exists():
+            part.unlink()
+        todo = [entry for entry in mine if entry.position not in done]
+        with open(part, "a", encoding="utf-8") as handle:
+            for start in range(0, len(todo), _CHUNK_RECORDS):
+                lines = []
+                prepared = []
+                for entry in todo[start : start + _CHUNK_RECORDS]:
+                    result = self.prepare(entry, image_dir)
+                    if isinstance(result, dict):
+                        logger.warning("skipped %s:%s: %s", entry.file, entry.position, result["reason"])
+                        lines.append({"position": entry.position, "skipped": result})
+                    else:
+                        prepared.append(result)
+                for item, record in zip(prepared, self.encode(prepared)):
+                    lines.append({"position": item.record.position, "record": record})
+                lines.sort(key=lambda entry: entry["position"])
+                handle.write("".join(json.dumps(entry) + "\n" for entry in lines))
+                handle.flush()
+
+    def merge_file(self, work: Path, output: Path, skipped_store: Path) -> None:
+        """Rank 0: join the parts in input order into the output and the file's skip list."""
+        entries = []
+        for rank in range(self.ctx.world_size):
+            entries += self._read_part(self._part_path(work, rank))
+        entries.sort(key=lambda entry: entry["position"])
+        skipped_store.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_lines(skipped_store, [e["skipped"] for e in entries if "skipped" in e])
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_lines(output, [e["record"] for e in entries if "record" in e])
+        for rank in range(self.ctx.world_size):
+            self._part_path(work, rank).unlink(missing_ok=True)
+
+    # ---- per dataset ----------------------------------------------------------------------
+    def run_dataset(self, name: str, folders: dict[str, Path]) -> dict[str, int]:
+        annotation_dir = folders["annotation_dir"]
+        if not annotation_dir.is_dir():
+            raise SystemExit(f"dataset {name!r}: annotation_dir not found: {annotation_dir}")
+        files = sorted(p for p in annotation_dir.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+        base = folders["root"] / self.args.output_dirname / self.args.tokenizer_version
+        out_root, work_root = base / self.version, base / f"{self.version}_work"
+        for source in files:
+            relative = source.relative_to(annotation_dir).with_suffix(".jsonl")
+            output = out_root / relative
+            if self.args.resume and output.exists():
+                logger.info("%s: already tokenized (%s)", source, output)
+                continue
+            self.process_file(source, folders["image_dir"], work_root / relative)
+            self.ctx.barrier()
+            if self.ctx.is_main:
+                self.merge_file(work_root / relative, output, work_root / relative.with_suffix(".skipped.jsonl"))
+            self.ctx.barrier()
+        if not self.ctx.is_main:
+            return {}
+        return self._summarise(name, folders, files, annotation_dir, out_root, work_root)
+
+    def _summarise(self, name: str, folders: dict[str, Path], files: list[Path], annotation_dir: Path,
+                   out_root: Path, work_root: Path) -> dict[str, int]:
+        statistics: Counter[str] = Counter()
+        skipped: list[dict[str, Any]] = []
+        for source in files:
+            relative = source.relative_to(annotation_dir).with_suffix(".jsonl")
+            for record in _read_lines(out_root / relative):
+                ratios = {tuple(r) for r in record["matched_ratios"]}
+                statistics["ratio_mixed" if len(ratios) > 1 else "ratio_h{}_w{}".format(*ratios.pop())] += 1
+            skipped += _read_lines(work_root / relative.with_suffix(".skipped.jsonl"))
+        stats_path = folders["root"] / self.args.output_dirname / f"{self.version}_data_statistic.json"
+        stats_path.write_text(json.dumps(dict(sorted(statistics.items())), indent=2), encoding="utf-8")
+        _atomic_lines(out_root.parent / f"{self.version}_skipped.jsonl", skipped)
+        logger.info("dataset %s: %d records tokenized, %d skipped (see %s)", name, sum(statistics.values()),
+                    len(skipped), out_root.parent / f"{self.version}_skipped.jsonl")
+        return {"tokenized": sum(statistics.values()), "skipped": len(skipped)}
+
+    def run(self) -> dict[str, dict[str, int]]:
+        summary = {}
+        for name, folders in _load_meta(self.args.data_config).items():
+            summary[name] = self.run_dataset(name, folders)
+        return summary
+
+
+def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    if path.exists():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def _atomic_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vision_tokenizer.codebook_inference",
+        description="Add DualViTok code grids to generation/editing annotation files (jsonl after tokenizer). "
+        "Run under torchrun to split the records over processes.",
+    )
+    parser.add_argument("--model_config", required=True, help="tokenizer config (.py/.json) describing the model")
+    parser.add_argument("--tokenizer_checkpoint", required=True, help="DualViTok weights (file or folder)")
+    parser.add_argument("--tokenizer_version", default="dualvitok", help="sub-folder naming the tokenizer (default dualvitok)")
+    parser.add_argument("--output_dirname", default="jsonl_after_tokenizer", help="output folder below each dataset root")
+    parser.add_argument("--data_config", required=True, help="meta-data config json (datasets with tokenizer_inference=true are processed)")
+    parser.add_argument("--resolution", type=int, default=512, help="side of the square anchor with --resolution_type fixed (default 512)")
+    parser.add_argument("--resolution_type", choices=("fixed", "fixed_anchors"), default="fixed_anchors",
+                        help="'fixed': one RxR anchor; 'fixed_anchors': the 11 ILLUME+ aspect-ratio anchors")
+    parser.add_argument("--crop_percent_thresh", type=float, default=0.2,
+                        help="skip (and report) records whose centre crop would discard more than this fraction")
+    parser.add_argument("--torch_dtype", choices=sorted(DTYPES), default="fp32", help="model dtype (default fp32)")
+    parser.add_argument("--use-ema", dest="use_ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its part files")
+    parser.add_argument("--batch_size", type=int, default=8, help="images encoded together (equal sizes only)")
+    parser.add_argument("--device", default=None, help="force a device (cpu, cuda, npu); default: automatic")
+    parser.add_argument("--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    ctx = init_distributed(args.device)
+    try:
+        return CodebookInference(args, ctx).run()
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Command line of the tokenizer training (also used by `scripts/train_dualvitok.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vision_tokenizer.train.distributed import init_distributed
+from vision_tokenizer.train.loop import Trainer
+from vision_tokenizer.train.run_logging import setup_file_logging
+from vision_tokenizer.utils.config import apply_overrides, load_config, parse_override_value, split_overrides
+
+__all__ = ["build_parser", "main", "train"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vision_tokenizer.train",
+        description="Train or fine-tune DualViTok. Launch with torchrun for several processes "
+        "(CUDA, Ascend NPU or CPU/gloo, picked automatically). Any further --a.b=value item "
+        "overrides that config key (value read as a Python literal), e.g. --data_args.global_batch_size=64 or --epochs=3.",
+    )
+    parser.add_argument("config", help="tokenizer training config (.py), e.g. configs/example/dualvitok/dualvitok_anyres_max512.py")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="continue a run exactly: 'latest' (default when given without a value) picks the "
+                        "newest checkpoint in <results_dir>/<type>/checkpoints, or give a checkpoint path")
+    parser.add_argument("--device", default=None,
+                        help="force a device (cpu, cuda, npu); default: the accelerator of this machine")
+    parser.add_argument("--stop-after-steps", type=int, default=None,
+                        help="leave after this many optimizer steps of this invocation (the schedule still "
+                        "spans the whole run; pair with --resume to continue)")
+    parser.add_argument("--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused")
+    return parser
+
+
+def train(cfg: Any, device: str | None = None, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Run training for an already loaded config; returns steps, last checkpoint and run folder."""
+    ctx = init_distributed(device)
+    try:
+        if ctx.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        run_dir = os.path.join(cfg.results_dir, str(cfg.vq_model.get("type", "DualViTok")))
+        setup_file_logging(os.path.join(run_dir, "log.txt") if ctx.is_main else None)
+        return Trainer(cfg, ctx, stop_after_steps=stop_after_steps).run()
+    finally:
+        ctx.close()
+
+
+def top_level_overrides(items: Sequence[str], cfg: Any) -> dict[str, Any]:
+    """`--key=value` / `--key value` items for existing top-level keys (e.g. `--epochs=3`)."""
+    overrides: dict[str, Any] = {}
+    position = 0
+    while position < len(items):
+        item = items[position]
+        if not item.startswith("--"):
+            raise SystemExit(f"unexpected argument {item!r}")
+        key, has_value, value = item[2:].partition("=")
+        if not has_value:
+            if position + 1 >= len(items):
+                raise SystemExit(f"option {item!r} has no value")
+            position += 1
+            value = items[position]
+        if key not in cfg:
+            raise SystemExit(f"unknown option or config key {item!r}")
+        overrides[key] = parse_override_value(value)
+        position += 1
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    args, unknown = build_parser().parse_known_args(rest)
+    cfg = load_config(args.config)
+    overrides.update(top_level_overrides(unknown, cfg))
+    cfg = apply_overrides(cfg, overrides)
+    if args.resume is not None:
+        cfg.resume = args.resume
+    return train(cfg, device=args.device, stop_after_steps=args.stop_after_steps)
