@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from vision_tokenizer.cli import build_parser, main
 from vision_tokenizer.data.image_io import image_to_tensor, load_image, psnr, tensor_to_image
 from vision_tokenizer.models.dualvitok import DualViTok
@@ -169,3 +170,16 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture) -> None:
     for flag in ("--config", "--checkpoint", "--use-ema", "--out", "--dtype", "--device", "--max-pixels",
                  "--min-pixels", "--batch-size", "--codes-format", "--seed", "IMAGES_OR_FOLDER"):
         assert flag in text
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path: Path) -> None:
+    state = DualViTok.from_config(TINY).state_dict()
+    state.pop("pixel_decoder.conv_out.weight")
+    state["pixel_decoder.extra.weight"] = torch.zeros(1)
+    bad = tmp_path / "other.safetensors"
+    save_file({key: value.contiguous() for key, value in state.items()}, str(bad))
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path, str(EXAMPLES / "chelsea.jpg"), "--checkpoint", str(bad))
+    message = str(info.value.code)
+    assert str(bad) in message
+    assert "pixel_decoder.conv_out.weight" in message and "pixel_decoder.extra.weight" in message

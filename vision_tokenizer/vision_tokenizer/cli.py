@@ -264,32 +264,33 @@ def _add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
         "DIR/<name>.png (reconstruction) and DIR/<name>.codes.json|.npz (semantic and pixel index "
         "grids), prints the PSNR against the resized input and saves all PSNRs (and their mean) to "
         "DIR/metrics.json. Unreadable images are reported and skipped; the exit code is 1 if any failed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER",
                         help="image files and/or folders (searched recursively for image files)")
-    parser.add_argument("--config", required=True,
+    parser.add_argument("--config", required=True, metavar="CFG",
                         help="tokenizer config: a Python config with `vq_model` (e.g. "
                         "configs/example/dualvitok/dualvitok_anyres_max512.py) or a JSON `vq_model` file")
-    parser.add_argument("--checkpoint", default=None,
+    parser.add_argument("--checkpoint", metavar="CKPT",
                         help="weights (.bin/.pt/.pth/.safetensors file or folder); without it the model "
                         "is randomly initialised from the config (only useful for smoke tests)")
     parser.add_argument("--use-ema", action="store_true", help="load the checkpoint's EMA weights ('ema' entry)")
-    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                        help="compute precision; bf16/fp16 use autocast, weights stay float32")
+                        help="compute precision (default %(default)s); bf16/fp16 use autocast, weights stay float32")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default="auto",
-                        help="where to run; auto = cuda, else npu, else cpu")
-    parser.add_argument("--max-pixels", type=positive_int, default=512 * 512,
-                        help="largest model input area: bigger images are downscaled (aspect kept, sides "
-                        "multiples of 16)")
-    parser.add_argument("--min-pixels", type=positive_int, default=32 * 32,
-                        help="smallest model input area: smaller images are upscaled")
-    parser.add_argument("--batch-size", type=positive_int, default=8,
-                        help="images of equal (resized) size are encoded together in batches of this size")
+                        help="where to run (default %(default)s: cuda, else npu, else cpu)")
+    parser.add_argument("--max-pixels", type=positive_int, default=512 * 512, metavar="N",
+                        help="largest model input area: bigger images are downscaled, aspect kept, sides "
+                        "multiples of 16 (default %(default)s = 512x512)")
+    parser.add_argument("--min-pixels", type=positive_int, default=32 * 32, metavar="N",
+                        help="smallest model input area: smaller images are upscaled (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                        help="images of equal (resized) size are encoded together in batches of up to N "
+                        "(default %(default)s)")
     parser.add_argument("--codes-format", choices=["json", "npz"], default="json",
-                        help="file format for the code index grids")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (no --checkpoint)")
+                        help="file format of the code index grids (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the random initialisation used without --checkpoint (default %(default)s)")
     parser.set_defaults(handler=run_reconstruct)
 
 
