@@ -195,3 +195,45 @@ def test_cuda_graph_path_equals_eager(vocab):
         prompt, specs, sampling, keys_for([1, 2])
     )
     assert graphed == eager
+
+
+def test_logits_processors_reproduce_the_engine_under_greedy_decoding(vocab):
+    from illume.inference.processors import (
+        ImageGrammarProcessor,
+        LevelSamplingWarper,
+        UnconditionalGuidanceProcessor,
+    )
+    from transformers import LogitsProcessorList
+
+    model = tiny_lm(vocab, tempt=structure_ids(vocab))
+    grids = [ImageGrid.for_resolution(64, 128), ImageGrid.for_resolution(96, 64)]
+    g = torch.Generator().manual_seed(5)
+    cond, uncond = torch.randint(0, 300, (2, 7), generator=g), torch.randint(0, 300, (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :2] = 0
+    sampling = SamplingConfig.create(1.0, 16, 1.0, cfg_scale=2.5, do_sample=False)
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        prompt = PromptEmbeddings(embed(torch.cat([cond, uncond])), torch.cat([mask, mask]))
+    fast = GenerationEngine(model, vocab).generate(
+        prompt, [RowSpec(image=gr) for gr in grids], sampling, keys_for([0, 1])
+    )
+    processors = LogitsProcessorList(
+        [
+            UnconditionalGuidanceProcessor(model, uncond, mask, vocab, grids, 2.5, prompt_length=7),
+            ImageGrammarProcessor(vocab, grids, prompt_length=7),
+            LevelSamplingWarper(vocab, grids, sampling, prompt_length=7),
+        ]
+    )
+    out = model.generate(
+        cond,
+        attention_mask=mask,
+        logits_processor=processors,
+        do_sample=False,
+        max_new_tokens=max(gr.num_tokens for gr in grids) + 1,
+        pad_token_id=vocab.pad,
+        eos_token_id=vocab.end_of_text,
+    )
+    for row, expected in zip(out[:, 7:].tolist(), fast):
+        assert row[: len(expected)] == expected
+        assert set(row[len(expected) :]) <= {vocab.end_of_text, vocab.pad}
