@@ -1,0 +1,1 @@
+"""Evaluation entry points of ILLUME+ (generation eval; benchmark plugins)."""
