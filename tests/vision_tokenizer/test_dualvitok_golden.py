@@ -39,8 +39,9 @@ def _run_everything(model: DualViTok, recorded: dict[str, torch.Tensor]) -> dict
     """Our value for every name the golden files use, computed as the reference computed it."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [
-        model.semantic_encoder.model.register_forward_hook(
-            lambda _m, _i, out: captured.__setitem__("encode.vit_features", out.pooler_output)
+        # The ViT + merger output is what the target LayerNorm receives.
+        model.semantic_encoder.target_mlp.register_forward_hook(
+            lambda _m, inputs, _o: captured.__setitem__("encode.vit_features", inputs[0])
         ),
         model.semantic_quantizer.register_forward_hook(
             lambda _m, inputs, _o: captured.__setitem__("encode.h_semantic", inputs[0])

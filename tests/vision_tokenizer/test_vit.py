@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 from vision_tokenizer.models.semantic import SemanticDecoder, SemanticEncoder, rows_to_maps
-from vision_tokenizer.models.vit import build_vit, raster_position_ids, vit_config, vit_features
+from vision_tokenizer.models.vit import (
+    build_vit,
+    merge_window_position_ids,
+    raster_position_ids,
+    vit_config,
+    vit_features,
+)
 from vision_tokenizer.models.vit_input import (
     CLIP_MEAN,
     CLIP_STD,
@@ -152,3 +158,34 @@ def test_rows_to_maps_round_trip():
     assert maps.shape == (2, 3, 2, 3) and maps[1, :, 0, 2].tolist() == rows[8].tolist()
     parts = rows_to_maps(rows, [(2, 3), (3, 2)])
     assert [tuple(p.shape) for p in parts] == [(1, 3, 2, 3), (1, 3, 3, 2)]
+
+
+def test_batched_path_equals_transformers_forward():
+    """Equal-size images take the batched block path; it must compute transformers' packed forward."""
+    torch.manual_seed(0)
+    vit = build_vit(vit_config(TINY_VIT)).eval()
+    patches, grid = prepare_vit_input(torch.rand(3, 3, 112, 84) * 2 - 1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            vit_features(vit, patches, grid), vit(patches, grid_thw=grid).pooler_output, atol=1e-6, rtol=1e-6
+        )
+
+
+def test_merge_window_positions_follow_patch_order():
+    assert merge_window_position_ids(2, 4, 2).tolist() == [
+        [0, 0], [0, 1], [1, 0], [1, 1], [0, 2], [0, 3], [1, 2], [1, 3],
+    ]  # fmt: skip
+
+
+def test_gradient_checkpointing_keeps_gradients():
+    torch.manual_seed(0)
+    vit = build_vit(vit_config(TINY_VIT)).train()
+    patches, grid = prepare_vit_input(torch.rand(2, 3, 56, 56) * 2 - 1)
+    vit_features(vit, patches, grid).square().sum().backward()
+    plain = [p.grad.clone() for p in vit.parameters()]
+    vit.zero_grad()
+    vit.activation_checkpointing_enable()
+    assert all(block.gradient_checkpointing for block in vit.blocks)
+    vit_features(vit, patches, grid).square().sum().backward()
+    for expected, param in zip(plain, vit.parameters()):
+        torch.testing.assert_close(param.grad, expected)

@@ -19,6 +19,7 @@ from .vit import (
     build_vision_blocks,
     build_vit,
     raster_position_ids,
+    run_blocks_batched,
     vision_block_config,
     vit_features,
 )
@@ -73,7 +74,14 @@ def _run_blocks(
     hidden: torch.Tensor,
     grid_hw: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
-    """Apply Qwen2-VL vision blocks to packed per-image sequences with raster 2-D RoPE."""
+    """Apply Qwen2-VL vision blocks to packed per-image sequences with raster 2-D RoPE.
+
+    Equal grids run as one [B, L, C] batch; mixed grids run packed, attention split by `cu_seqlens`.
+    """
+    if len(set(grid_hw)) == 1:
+        positions = raster_position_ids(list(grid_hw[:1]), device=hidden.device)
+        batched = hidden.reshape(len(grid_hw), positions.shape[0], -1)
+        return run_blocks_batched(blocks, batched, rotary(hidden, positions)).flatten(0, 1)
     lengths = [height * width for height, width in grid_hw]
     cu_seqlens = torch.tensor([0, *lengths], device=hidden.device).cumsum(0, dtype=torch.int32)
     position_embeddings = rotary(hidden, raster_position_ids(list(grid_hw), device=hidden.device))
