@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from illume.vocab import DEFAULT_CODEBOOK_SIZES, ImageVocabulary, extension_tokens
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from illume.vocab import DEFAULT_CODEBOOK_SIZES, ImageVocabulary, extension_tokens
 
 __all__ = ["extend_tokenizer", "extend_llm_with_vision_tokens"]
 
