@@ -99,7 +99,9 @@ def browser_page(url: str) -> Iterator[object]:
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(url, wait_until="networkidle")
+            # Gradio keeps connections open, so "network idle" may never come: wait for the app instead.
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.locator(".gradio-container").first.wait_for(timeout=60_000)
             yield page
         finally:
             browser.close()
