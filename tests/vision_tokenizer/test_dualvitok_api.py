@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.utils.checkpoint import CheckpointError, load_state_dict_file
+from vision_tokenizer.utils.config import load_config
 
 from tests.conftest import REPO_ROOT, golden_dir
 
@@ -48,7 +49,8 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_from_config_accepts_dict_json_and_python_files(model):
     vq_model = json.loads(TINY_CONFIG.read_text())
-    for source in (vq_model, TINY_CONFIG, REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py"):
+    python_config = REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py"
+    for source in (vq_model, TINY_CONFIG, python_config, load_config(python_config)):
         built = DualViTok.from_config(source)
         assert {k: v.shape for k, v in built.state_dict().items()} == {
             k: v.shape for k, v in model.state_dict().items()

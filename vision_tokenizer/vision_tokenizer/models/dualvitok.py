@@ -232,9 +232,11 @@ class DualViTok(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | str | os.PathLike) -> DualViTok:
-        """Build from the `vq_model` dict ({type, config}), a Python config file, or a JSON file."""
+        """Build from the `vq_model` dict ({type, config}), a whole loaded config, a .py or a .json file."""
         if isinstance(cfg, (str, os.PathLike)):
             cfg = cls._read_config_file(Path(cfg))
+        elif hasattr(cfg, "to_dict") and not isinstance(cfg, Mapping):  # a loaded mmengine Config
+            cfg = cfg.to_dict()
         if not isinstance(cfg, Mapping):
             raise TypeError(f"DualViTok config must be a dict or a file path, got {type(cfg).__name__}")
         cfg = _plain(cfg)

@@ -85,21 +85,24 @@ class SimVQ(nn.Module):
 
     @property
     def codebook(self) -> torch.Tensor:
-        """The implicit codebook C = frozen_codebook @ W^T, [K, d]; cached while nothing can change it.
+        """The implicit codebook C = frozen_codebook @ W^T, [K, d] float32; cached while nothing can change it.
 
         The cache is used only in eval mode without autograd and is keyed on the tensors' identity,
         version counters, device and dtype, so loading weights, an optimiser step or `.to()`
         invalidates it.
         """
-        weight = self.code_transform.weight
         if self.training or torch.is_grad_enabled():
             self._cached_codebook = None
-            return self.code_transform(self.frozen_codebook)
-        key = (_identity(weight), _identity(self.frozen_codebook))
+            return self._implicit_codebook()
+        key = (_identity(self.code_transform.weight), _identity(self.frozen_codebook))
         if self._cached_codebook is None or self._cache_key != key:
-            self._cached_codebook = self.code_transform(self.frozen_codebook)
+            self._cached_codebook = self._implicit_codebook()
             self._cache_key = key
         return self._cached_codebook
+
+    def _implicit_codebook(self) -> torch.Tensor:
+        # float32 even for half-precision weights: code choice is the step most sensitive to rounding.
+        return F.linear(self.frozen_codebook.float(), self.code_transform.weight.float())
 
     def _to_rows(self, z: torch.Tensor) -> torch.Tensor:
         if self.channel_first:
