@@ -199,6 +199,26 @@ def test_dtype_stays_with_the_caller(pipe, dualvitok):
         pipe.to(torch.float32)
 
 
+def test_bad_sources_and_callbacks(pipe):
+    codes = random_codes(1, 512, 512)
+    with pytest.raises(ValueError, match="exactly one of"):
+        pipe(num_inference_steps=1)
+    with pytest.raises(ValueError, match="exactly one of"):
+        pipe(vq_indices=codes, images=torch.zeros(1, 3, 256, 256), num_inference_steps=1)
+    with pytest.raises(ValueError, match="must be a pair"):
+        pipe(vq_indices=codes[1], num_inference_steps=1)
+    with pytest.raises(ValueError, match="not among"):
+        pipe(vq_indices=codes, num_inference_steps=1, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    seen = []
+
+    def zero_latents(pipeline, step, timestep, tensors):
+        seen.append(step)
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    out = pipe(vq_indices=codes, num_inference_steps=2, output_type="latent", callback_on_step_end=zero_latents)
+    assert seen == [0, 1] and not out.images.any()
+
+
 def test_missing_tokenizer_and_wrong_unet_width_are_reported(dualvitok, code_channels):
     vae, unet, scheduler = tiny_sdxl_components(code_channels)
     bare = DualViTokSDXLDecoderPipeline(vae=vae, unet=unet, scheduler=scheduler)

@@ -149,6 +149,23 @@ class DualViTokSDXLDecoderPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ steps of __call__
 
+    def check_sources(self, vq_indices: Sequence[torch.Tensor] | None, images: torch.Tensor | None) -> None:
+        """Exactly one conditioning source, of the right kind, and a tokenizer to read it."""
+        if (vq_indices is None) == (images is None):
+            raise ValueError("pass exactly one of `vq_indices` (semantic, pixel) or `images`")
+        if vq_indices is not None and (
+            not isinstance(vq_indices, (tuple, list))
+            or len(vq_indices) != 2
+            or not all(isinstance(t, torch.Tensor) and t.ndim == 3 for t in vq_indices)
+        ):
+            raise ValueError("`vq_indices` must be a pair (indices_semantic [B,hs,ws], indices_pixel [B,hp,wp])")
+        if images is not None and not (isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 3):
+            raise ValueError("`images` must be a [B, 3, H, W] tensor in [-1, 1]")
+        if self.dualvitok is None:
+            raise ValueError(
+                "this pipeline has no `dualvitok`: pass `dualvitok=` to from_pretrained or set `pipe.dualvitok`"
+            )
+
     def default_size(
         self, vq_indices: Sequence[torch.Tensor] | None, images: torch.Tensor | None
     ) -> tuple[int, int]:
@@ -159,23 +176,9 @@ class DualViTokSDXLDecoderPipeline(DiffusionPipeline):
         return _PIXELS_PER_CODE * grid_h, _PIXELS_PER_CODE * grid_w
 
     def check_inputs(
-        self,
-        vq_indices: Sequence[torch.Tensor] | None,
-        images: torch.Tensor | None,
-        height: int,
-        width: int,
-        output_type: str,
-        callback_on_step_end_tensor_inputs: Sequence[str],
+        self, height: int, width: int, output_type: str, callback_on_step_end_tensor_inputs: Sequence[str]
     ) -> None:
-        """Reject bad arguments before any model runs, naming the argument."""
-        if (vq_indices is None) == (images is None):
-            raise ValueError("pass exactly one of `vq_indices` (semantic, pixel) or `images`")
-        if vq_indices is not None and (not isinstance(vq_indices, (tuple, list)) or len(vq_indices) != 2):
-            raise ValueError("`vq_indices` must be a pair (indices_semantic [B,hs,ws], indices_pixel [B,hp,wp])")
-        if self.dualvitok is None:
-            raise ValueError(
-                "this pipeline has no `dualvitok`: pass `dualvitok=` to from_pretrained or set `pipe.dualvitok`"
-            )
+        """Reject bad settings before any model runs, naming the argument."""
         resolution_index(height, width)
         if output_type not in _OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {_OUTPUT_TYPES}; got {output_type!r}")
@@ -283,10 +286,11 @@ class DualViTokSDXLDecoderPipeline(DiffusionPipeline):
             `DualViTokSDXLDecoderPipelineOutput` (or a tuple `(images, indices_semantic, indices_pixel)`);
             the indices are filled when `images` were tokenized.
         """
+        self.check_sources(vq_indices, images)
         if height is None or width is None:
             default_h, default_w = self.default_size(vq_indices, images)
             height, width = height or default_h, width or default_w
-        self.check_inputs(vq_indices, images, height, width, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(height, width, output_type, callback_on_step_end_tensor_inputs)
         size_index = resolution_index(height, width)
         device = self._execution_device
         dtype = self.unet.dtype
