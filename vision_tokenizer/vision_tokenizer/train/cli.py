@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import torch
 
 from vision_tokenizer.train.distributed import init_distributed
 from vision_tokenizer.train.loop import Trainer
+from vision_tokenizer.train.options import TrainOptions
 from vision_tokenizer.train.run_logging import setup_file_logging
 from vision_tokenizer.utils.config import apply_overrides, load_config, parse_override_value, split_overrides
 
@@ -53,7 +55,9 @@ def train(cfg: Any, device: str | None = None, stop_after_steps: int | None = No
 
 
 def top_level_overrides(items: Sequence[str], cfg: Any) -> dict[str, Any]:
-    """`--key=value` / `--key value` items for existing top-level keys (e.g. `--epochs=3`)."""
+    """`--key=value` / `--key value` items for top-level keys (e.g. `--epochs=3`): keys of the
+    config file or run options of `TrainOptions` (e.g. `--ckpt_keep=0`); anything else is an error."""
+    known = set(cfg) | {f.name for f in dataclasses.fields(TrainOptions)}
     overrides: dict[str, Any] = {}
     position = 0
     while position < len(items):
@@ -66,7 +70,7 @@ def top_level_overrides(items: Sequence[str], cfg: Any) -> dict[str, Any]:
                 raise SystemExit(f"option {item!r} has no value")
             position += 1
             value = items[position]
-        if key not in cfg:
+        if key not in known:
             raise SystemExit(f"unknown option or config key {item!r}")
         overrides[key] = parse_override_value(value)
         position += 1

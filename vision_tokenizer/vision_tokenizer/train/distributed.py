@@ -16,7 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "all_reduce_mean", "all_gather_objects", "average_tensors"]
+__all__ = [
+    "DistContext", "init_distributed", "all_reduce_mean", "all_gather_objects", "average_tensors", "broadcast_module",
+]
 
 
 @dataclass
@@ -110,3 +112,12 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     gathered: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_module(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank (modules built with per-rank seeds)."""
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)

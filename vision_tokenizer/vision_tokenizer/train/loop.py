@@ -39,7 +39,13 @@ from vision_tokenizer.train.checkpointing import (
     prune_checkpoints,
     restore_rng_state,
 )
-from vision_tokenizer.train.distributed import DistContext, all_gather_objects, all_reduce_mean, average_tensors
+from vision_tokenizer.train.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_mean,
+    average_tensors,
+    broadcast_module,
+)
 from vision_tokenizer.train.ema import ModelEMA
 from vision_tokenizer.train.options import TrainOptions
 from vision_tokenizer.train.run_logging import RunLogger, reconstruction_grid
@@ -90,6 +96,9 @@ class Trainer:
         self.model = DualViTok.from_config(plain_config(cfg.vq_model)).to(self.device)
         self._set_trainable(self.model, opts.finetune_decoder)
         self.loss_fn = DualViTokLoss(plain_config(cfg.vq_loss)).to(self.device)
+        # Ranks seed differently (noise, dropout); all must start from rank 0's weights.
+        broadcast_module(self.model, ctx)
+        broadcast_module(self.loss_fn, ctx)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.disc_params = list(self.loss_fn.discriminator.parameters())
 
