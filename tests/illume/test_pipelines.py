@@ -139,9 +139,7 @@ def test_engine_prefill_reproduces_golden_next_token_logits(pipe, golden):
         images = [image] if IMAGE_TOKEN_INDEX in ids else []
         if len(images) != ids.count(IMAGE_TOKEN_INDEX):
             continue
-        prompt = pipe._prompt_embeddings([ids], images)
-        decoder = pipe.engine._decoder_for(1, prompt.embeds.shape[1] + 1)
-        logits = decoder.prefill(prompt.embeds, prompt.attention_mask, (0, tensors["logits"].shape[-1]))
+        logits = pipe.engine.next_token_logits(pipe._prompt_embeddings([ids], images))
         torch.testing.assert_close(logits[0], tensors["logits"][0, -1], atol=1e-4, rtol=1e-4)
 
 

@@ -258,6 +258,15 @@ class GenerationEngine:
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
+    def next_token_logits(
+        self, prompt: PromptEmbeddings, span: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Logits (rows, ids) of the token after each prompt, over `span` (default: every id)."""
+        rows, length = prompt.attention_mask.shape
+        span = span or (0, self.model.get_output_embeddings().weight.shape[0])
+        return self._decoder_for(rows, length + 1).prefill(prompt.embeds, prompt.attention_mask, span)
+
+    @torch.no_grad()
     def stream(
         self,
         prompt: PromptEmbeddings,
