@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..utils.checkpoint import load_into, load_state_dict_file
+from ..utils.config import load_config
 from .movq import MoVQConfig, MoVQDecoder, MoVQEncoder
 from .quantizer import SimVQ
 from .semantic import SemanticDecoder, SemanticEncoder, rows_to_maps
@@ -234,8 +235,12 @@ class DualViTok(nn.Module):
     def from_config(cls, cfg: Mapping[str, Any] | str | os.PathLike) -> DualViTok:
         """Build from the `vq_model` dict ({type, config}), a whole loaded config, a .py or a .json file."""
         if isinstance(cfg, (str, os.PathLike)):
-            cfg = cls._read_config_file(Path(cfg))
-        elif hasattr(cfg, "to_dict") and not isinstance(cfg, Mapping):  # a loaded mmengine Config
+            path = Path(cfg)
+            try:
+                return cls.from_config(cls._read_config_file(path))
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{path}: {error}") from error
+        if hasattr(cfg, "to_dict") and not isinstance(cfg, Mapping):  # a loaded mmengine Config
             cfg = cfg.to_dict()
         if not isinstance(cfg, Mapping):
             raise TypeError(f"DualViTok config must be a dict or a file path, got {type(cfg).__name__}")
@@ -263,8 +268,6 @@ class DualViTok(nn.Module):
             except ValueError as error:
                 raise ValueError(f"invalid JSON in DualViTok config {path}: {error}") from error
         if path.suffix == ".py":
-            from ..utils.config import load_config
-
             loaded = load_config(path)
             if "vq_model" not in loaded:
                 raise ValueError(f"config file {path} has no 'vq_model' entry")
