@@ -74,28 +74,27 @@ data_args = dict(
 )
 
 vq_ckpt = None
+ema = False
 finetune = False
 finetune_decoder = False
-ema = False
+compile = False
 no_local_save = False
 aug_fade_steps = 0
-compile = False
 
-results_dir = './logdir/dualvitok/dualvitok_tiny/'
-sample_dir = f'{results_dir}sample_dir/'
-
-epochs = 1
 lr = 1e-4
-weight_decay = 5e-2
+epochs = 1
 beta1, beta2 = 0.9, 0.95
+weight_decay = 5e-2
 max_grad_norm = 1.0
 gradient_accumulation_steps = 1
 mixed_precision = 'none'
 global_seed = 0
 
-num_workers = 0
+results_dir = './logdir/dualvitok/dualvitok_tiny/'
+sample_dir = f'{results_dir}sample_dir/'
 log_every = 1
 ckpt_every = 2
+num_workers = 0
 use_local_data = True
 training_with_anyres = False
 use_group_image_resolution = False

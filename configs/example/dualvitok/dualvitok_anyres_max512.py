@@ -79,30 +79,29 @@ data_args = dict(
 
 # ---- run options ----
 vq_ckpt = None               # resume / initialise from this checkpoint
+ema = False                  # keep an EMA copy of the weights (stored under "ema")
 finetune = False
 finetune_decoder = False
-ema = False                  # keep an EMA copy of the weights (stored under "ema")
+compile = False              # torch.compile the model
 no_local_save = False
 aug_fade_steps = 0
-compile = False              # torch.compile the model
-
-results_dir = './logdir/dualvitok/dualvitok_anyres_max512/'
-sample_dir = f'{results_dir}sample_dir/'
 
 # ---- optimisation ----
-epochs = 21
 lr = 1e-4
-weight_decay = 5e-2          # kept for compatibility; the official Adam ignores it
+epochs = 21
 beta1, beta2 = 0.9, 0.95
+weight_decay = 5e-2          # kept for compatibility; the official Adam ignores it
 max_grad_norm = 1.0
 gradient_accumulation_steps = 1
 mixed_precision = 'bf16'     # 'none' | 'fp16' | 'bf16'
 global_seed = 3
 
-# ---- data loading and bookkeeping ----
-num_workers = 8
+# ---- outputs, data loading and bookkeeping ----
+results_dir = './logdir/dualvitok/dualvitok_anyres_max512/'
+sample_dir = f'{results_dir}sample_dir/'
 log_every = 100
 ckpt_every = 2000
+num_workers = 8
 use_local_data = True
 training_with_anyres = True          # collate images of one bucket to a common size
 use_group_image_resolution = True    # sample batches from images of similar size
