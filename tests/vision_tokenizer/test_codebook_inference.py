@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from vision_tokenizer.codebook_inference import main
 
 from tests.conftest import REPO_ROOT, golden_dir
-from vision_tokenizer.codebook_inference import main
 
 GOLDEN_CONFIG = golden_dir() / "dualvitok_tiny_config.json"
 GOLDEN_WEIGHTS = golden_dir() / "dualvitok_tiny_state_dict.safetensors"
@@ -49,18 +49,45 @@ def dataset(tmp_path: Path) -> Path:
         json.dumps({"images": "tall.png", "conversations": turn}),
     ]
     (data / "ann" / "part0.jsonl").write_text("\n".join(lines) + "\n")
-    (data / "ann" / "sub" / "list.json").write_text(json.dumps([{"images": ["square.png"], "conversations": turn}]))
+    (data / "ann" / "sub" / "list.json").write_text(
+        json.dumps([{"images": ["square.png"], "conversations": turn}])
+    )
     meta = tmp_path / "data" / "meta.json"
-    meta.write_text(json.dumps({
-        "gen": {"root": "gen", "image_dir": "gen/images", "annotation_dir": "gen/ann", "tokenizer_inference": True},
-        "und": {"root": "und", "image_dir": "und/images", "annotation_dir": "und/ann", "tokenizer_inference": False},
-    }))
+    meta.write_text(
+        json.dumps(
+            {
+                "gen": {
+                    "root": "gen",
+                    "image_dir": "gen/images",
+                    "annotation_dir": "gen/ann",
+                    "tokenizer_inference": True,
+                },
+                "und": {
+                    "root": "und",
+                    "image_dir": "und/images",
+                    "annotation_dir": "und/ann",
+                    "tokenizer_inference": False,
+                },
+            }
+        )
+    )
     return meta
 
 
 def _args(meta: Path, *extra: str) -> list[str]:
-    return ["--model_config", str(GOLDEN_CONFIG), "--tokenizer_checkpoint", str(GOLDEN_WEIGHTS),
-            "--data_config", str(meta), "--resolution_type", "fixed", "--resolution", "256", *extra]
+    return [
+        "--model_config",
+        str(GOLDEN_CONFIG),
+        "--tokenizer_checkpoint",
+        str(GOLDEN_WEIGHTS),
+        "--data_config",
+        str(meta),
+        "--resolution_type",
+        "fixed",
+        "--resolution",
+        "256",
+        *extra,
+    ]
 
 
 def _lines(path: Path) -> list[dict]:
@@ -73,10 +100,13 @@ def test_outputs_schema_skips_and_statistics(dataset):
     assert summary == {"gen": {"tokenized": 4, "skipped": 4}}
     records = _lines(out / "fixed_256" / "part0.jsonl")
     golden = _lines(golden_dir() / "codebook_inference_examples_editing.jsonl")[0]
-    assert [list(r) for r in records] == [["images", "conversations", "image_sizes", "image_embed_inds",
-                                           "matched_ratios"]] * 3
+    assert [list(r) for r in records] == [
+        ["images", "conversations", "image_sizes", "image_embed_inds", "matched_ratios"]
+    ] * 3
     assert list(golden) == list(records[1])
-    assert records[1]["images"] == ["tall.png", "square.png"] and records[1]["conversations"][0]["value"] == GEN
+    assert (
+        records[1]["images"] == ["tall.png", "square.png"] and records[1]["conversations"][0]["value"] == GEN
+    )
     assert records[1]["image_sizes"] == golden["image_sizes"] == [[721, 720], [493, 493]]
     assert records[1]["matched_ratios"] == golden["matched_ratios"] == [[256, 256], [256, 256]]
     for record in records:
@@ -94,7 +124,9 @@ def test_outputs_schema_skips_and_statistics(dataset):
     assert "unreadable image" in by_line[5]["reason"] and by_line[5]["image"].endswith("broken.png")
     assert "crop_percent_thresh" in by_line[6]["reason"]
     assert "no 'images'" in by_line[7]["reason"]
-    stats = json.loads((dataset.parent / "gen" / "jsonl_after_tokenizer" / "fixed_256_data_statistic.json").read_text())
+    stats = json.loads(
+        (dataset.parent / "gen" / "jsonl_after_tokenizer" / "fixed_256_data_statistic.json").read_text()
+    )
     assert stats == {"ratio_h256_w256": 4}  # summed over both files, not overwritten per file
     assert not any(p.name.endswith(".tmp") or ".rank" in p.name for p in out.rglob("*"))
 
@@ -109,8 +141,18 @@ def _single_dataset(tmp_path: Path, sizes: list[tuple[int, int]]) -> tuple[Path,
         rows.append({"images": [f"{k}.png"], "conversations": []})
     (data / "ann" / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"d": {"root": "d", "image_dir": "d/images", "annotation_dir": "d/ann",
-                                      "tokenizer_inference": True}}))
+    meta.write_text(
+        json.dumps(
+            {
+                "d": {
+                    "root": "d",
+                    "image_dir": "d/images",
+                    "annotation_dir": "d/ann",
+                    "tokenizer_inference": True,
+                }
+            }
+        )
+    )
     return meta, data / "jsonl_after_tokenizer"
 
 
@@ -125,8 +167,18 @@ def test_batched_encoding_equals_one_by_one(tmp_path):
 
 def test_fixed_anchors_grid_shapes(tmp_path):
     meta, out = _single_dataset(tmp_path, [(390, 500)])
-    main(["--model_config", str(GOLDEN_CONFIG), "--tokenizer_checkpoint", str(GOLDEN_WEIGHTS),
-          "--data_config", str(meta), "--resolution_type", "fixed_anchors"])
+    main(
+        [
+            "--model_config",
+            str(GOLDEN_CONFIG),
+            "--tokenizer_checkpoint",
+            str(GOLDEN_WEIGHTS),
+            "--data_config",
+            str(meta),
+            "--resolution_type",
+            "fixed_anchors",
+        ]
+    )
     (record,) = _lines(out / "dualvitok" / "fixed_anchors" / "x.jsonl")
     assert record["matched_ratios"] == [[384, 512]] and record["image_sizes"] == [[390, 500]]
     semantic, pixel = record["image_embed_inds"][0]
@@ -139,17 +191,26 @@ def test_resume_keeps_finished_work(dataset):
     out = dataset.parent / "gen" / "jsonl_after_tokenizer" / "dualvitok"
     work = out / "fixed_256_work" / "part0.jsonl.rank0of1.jsonl"
     work.parent.mkdir(parents=True)
-    marker = {"images": ["square.png"], "image_sizes": [[1, 1]], "image_embed_inds": [[[[0]], [[0]]]],
-              "matched_ratios": [[256, 256]]}
+    marker = {
+        "images": ["square.png"],
+        "image_sizes": [[1, 1]],
+        "image_embed_inds": [[[[0]], [[0]]]],
+        "matched_ratios": [[256, 256]],
+    }
     work.write_text(json.dumps({"position": 1, "record": marker}) + "\n" + '{"position": 3, "rec')
     main(_args(dataset, "--resume"))
     records = _lines(out / "fixed_256" / "part0.jsonl")
     assert records[0] == marker  # line 1 was not recomputed
-    assert len(records) == 3 and records[1]["image_sizes"] == [[721, 720], [493, 493]]  # cut-off line 3 redone
+    assert len(records) == 3 and records[1]["image_sizes"] == [
+        [721, 720],
+        [493, 493],
+    ]  # cut-off line 3 redone
     listing = out / "fixed_256" / "sub" / "list.jsonl"
     listing.write_text(json.dumps({"kept": True, "matched_ratios": [[256, 256]]}) + "\n")
     main(_args(dataset, "--resume"))
-    assert _lines(listing) == [{"kept": True, "matched_ratios": [[256, 256]]}]  # finished files are not redone
+    assert _lines(listing) == [
+        {"kept": True, "matched_ratios": [[256, 256]]}
+    ]  # finished files are not redone
     main(_args(dataset))
     assert "kept" not in _lines(listing)[0]  # without --resume everything is recomputed
 
@@ -161,8 +222,22 @@ def test_two_ranks_match_one(dataset):
     expected = {p.relative_to(out): p.read_text() for p in out.rglob("*.jsonl")}
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "vision_tokenizer.codebook_inference", *_args(dataset, "--device", "cpu")],
-        check=True, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "vision_tokenizer.codebook_inference",
+            *_args(dataset, "--device", "cpu"),
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert {p.relative_to(out): p.read_text() for p in out.rglob("*.jsonl")} == expected

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from tests.conftest import REPO_ROOT
 from vision_tokenizer.data.datasets import build_dataset, read_size_index, scan_image_folder
 from vision_tokenizer.data.image_io import ImageLoadError
 from vision_tokenizer.data.sampler import ResolutionGroupedBatchSampler, collate_images
 from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_transform
+
+from tests.conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "vision_tokenizer" / "scripts" / "read_folder_image_sizes.py"
 
@@ -46,8 +46,19 @@ def test_scan_is_recursive_sorted_and_filters_extensions(folder):
 def test_size_index_script_reports_unreadable_images(folder, tmp_path):
     out = tmp_path / "index" / "sizes.json"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--input_folder", str(folder), "--output_json", str(out), "--threads", "2"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--input_folder",
+            str(folder),
+            "--output_json",
+            str(out),
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     entries = json.loads(out.read_text())
     assert entries == [
@@ -70,8 +81,13 @@ def test_size_index_bad_entry_is_named(tmp_path):
 
 
 def test_folder_dataset_items_and_broken_image_error(folder):
-    ds = build_dataset({"resolution": 32, "augment": {"type": "dualvitok_fix_resolution_train"},
-                        "dataset": {"dataset": "folder", "data_path": str(folder)}})
+    ds = build_dataset(
+        {
+            "resolution": 32,
+            "augment": {"type": "dualvitok_fix_resolution_train"},
+            "dataset": {"dataset": "folder", "data_path": str(folder)},
+        }
+    )
     item = ds[(0, 123)]
     assert item["image"].shape == (1, 3, 32, 32) and item["image"].min() >= -1 and item["image"].max() <= 1
     torch.testing.assert_close(ds[(0, 123)]["image"], item["image"])  # same seed, same sample
@@ -84,8 +100,14 @@ def test_imagenet_layout_labels(tmp_path):
     _image(root / "n02" / "x.png", 40, 40)
     _image(root / "n01" / "y.png", 40, 40)
     _image(root / "n01" / "sub" / "z.png", 40, 40)
-    ds = build_dataset({"dataset": "imagenet", "data_path": str(root), "resolution": 32,
-                        "augment": {"type": "dualvitok_fix_resolution_val"}})
+    ds = build_dataset(
+        {
+            "dataset": "imagenet",
+            "data_path": str(root),
+            "resolution": 32,
+            "augment": {"type": "dualvitok_fix_resolution_val"},
+        }
+    )
     assert ds.paths == ["n01/sub/z.png", "n01/y.png", "n02/x.png"]
     assert ds.labels == [0, 0, 1]
 
@@ -93,9 +115,16 @@ def test_imagenet_layout_labels(tmp_path):
 def test_concat_dataset_sizes_from_index(folder, tmp_path):
     index = tmp_path / "sizes.json"
     index.write_text(json.dumps([{"image": "a.jpg", "width": 64, "height": 64}]))
-    ds = build_dataset({"resolution": 32, "augment": {"type": "dualvitok_anyres_resolution_train"},
-                        "dataset": [{"dataset": "folder", "data_path": str(folder), "json_file": str(index)},
-                                    {"dataset": "folder", "data_path": str(folder / "b")}]})
+    ds = build_dataset(
+        {
+            "resolution": 32,
+            "augment": {"type": "dualvitok_anyres_resolution_train"},
+            "dataset": [
+                {"dataset": "folder", "data_path": str(folder), "json_file": str(index)},
+                {"dataset": "folder", "data_path": str(folder / "b")},
+            ],
+        }
+    )
     assert len(ds) == 3
     assert ds.image_sizes == [(64, 64), (80, 48), (48, 96)]
     assert ds.path(2).endswith("wide.png")
@@ -157,7 +186,12 @@ def test_aspect_ratio_crop_anchor_choice_and_crop_fraction():
 
 def test_transforms_shapes():
     img = Image.new("RGB", (100, 60), (255, 0, 0))
-    assert build_transform({"type": "dualvitok_fix_resolution_val"}, 48)(img, random.Random(0)).shape == (1, 3, 48, 48)
+    assert build_transform({"type": "dualvitok_fix_resolution_val"}, 48)(img, random.Random(0)).shape == (
+        1,
+        3,
+        48,
+        48,
+    )
     anyres = build_transform({"type": "dualvitok_anyres_resolution_train", "max_pixels": 64 * 64}, 512)
     assert anyres(img, random.Random(0)).shape == (1, 3, 48, 80)
     with pytest.raises(ValueError, match="augment type"):

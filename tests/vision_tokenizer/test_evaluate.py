@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from vision_tokenizer.evaluate import INCEPTION_WEIGHTS_FILE, image_metrics, main
 
 from tests.conftest import REPO_ROOT, golden_dir
-from vision_tokenizer.evaluate import INCEPTION_WEIGHTS_FILE, image_metrics, main
 
 TINY = REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py"
 WEIGHTS = golden_dir() / "dualvitok_tiny_state_dict.safetensors"
@@ -44,8 +44,18 @@ def val_folder(tmp_path: Path) -> Path:
 
 
 def _args(val: Path, out: Path, *extra: str) -> list[str]:
-    return [str(TINY), "--vq-ckpt", str(WEIGHTS), "--data-path", str(val), "--out", str(out), "--batch-size", "2",
-            *extra]
+    return [
+        str(TINY),
+        "--vq-ckpt",
+        str(WEIGHTS),
+        "--data-path",
+        str(val),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        *extra,
+    ]
 
 
 def test_results_match_the_saved_images(val_folder, tmp_path):
@@ -53,7 +63,9 @@ def test_results_match_the_saved_images(val_folder, tmp_path):
     results = main(_args(val_folder, out, "--no-fid"))
     assert json.loads((out / "results.json").read_text()) == results
     names = sorted(p.name for p in (out / "samples").iterdir())
-    assert names == ["000000.png", "000001.png", "000002.png"] == sorted(p.name for p in (out / "gts").iterdir())
+    assert (
+        names == ["000000.png", "000001.png", "000002.png"] == sorted(p.name for p in (out / "gts").iterdir())
+    )
     psnrs = []
     for name in names:
         gt = np.asarray(Image.open(out / "gts" / name), dtype=np.float64) / 255
@@ -73,17 +85,22 @@ def test_rfid_uses_local_weights_and_fails_clearly_without(val_folder, tmp_path,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     calls = []
     fake = types.ModuleType("torch_fidelity")
-    fake.calculate_metrics = lambda **kw: calls.append(kw) or {"frechet_inception_distance": 12.5,
-                                                                "inception_score_mean": 3.0}
+    fake.calculate_metrics = lambda **kw: (
+        calls.append(kw) or {"frechet_inception_distance": 12.5, "inception_score_mean": 3.0}
+    )
     monkeypatch.setitem(sys.modules, "torch_fidelity", fake)
     with pytest.raises(SystemExit, match="--no-fid"):
         main(_args(val_folder, tmp_path / "e1"))
     weights = tmp_path / INCEPTION_WEIGHTS_FILE
     weights.write_bytes(b"stand-in")
-    results = main(_args(val_folder, tmp_path / "e2", "--inception-weights", str(weights), "--max-images", "1"))
+    results = main(
+        _args(val_folder, tmp_path / "e2", "--inception-weights", str(weights), "--max-images", "1")
+    )
     assert results["rfid"] == 12.5 and results["inception_score"] == 3.0
     (kwargs,) = calls
-    assert kwargs["input1"] == str(tmp_path / "e2" / "samples") and kwargs["input2"] == str(tmp_path / "e2" / "gts")
+    assert kwargs["input1"] == str(tmp_path / "e2" / "samples") and kwargs["input2"] == str(
+        tmp_path / "e2" / "gts"
+    )
     assert kwargs["fid"] and kwargs["feature_extractor_weights_path"] == str(weights)
 
 
@@ -92,13 +109,29 @@ def test_two_ranks_give_the_same_results(val_folder, tmp_path):
     single = main(_args(val_folder, tmp_path / "one", "--no-fid"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "vision_tokenizer.evaluate", *_args(val_folder, tmp_path / "two", "--no-fid", "--device", "cpu")],
-        check=True, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "vision_tokenizer.evaluate",
+            *_args(val_folder, tmp_path / "two", "--no-fid", "--device", "cpu"),
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     sharded = json.loads((tmp_path / "two" / "results.json").read_text())
     assert sharded["num_images"] == 3
     # Other batch compositions and thread counts change float rounding, so allow a near-tie flip.
     assert sharded["psnr"] == pytest.approx(single["psnr"], rel=1e-4)
     for level, size in (("semantic", 256), ("pixel", 768)):
-        assert sharded["codebook_usage"][level] == pytest.approx(single["codebook_usage"][level], abs=1.5 / size)
+        assert sharded["codebook_usage"][level] == pytest.approx(
+            single["codebook_usage"][level], abs=1.5 / size
+        )

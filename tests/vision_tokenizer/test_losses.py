@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from vision_tokenizer.losses import (
     LPIPS,
     DualViTokLoss,
@@ -24,8 +23,11 @@ def test_discriminator_official_keys_and_patch_grid():
     disc = NLayerDiscriminator(input_nc=3, ndf=64, n_layers=3)
     keys = set(disc.state_dict())
     convs = {f"main.{i}.weight" for i in (0, 2, 5, 8, 11)} | {"main.0.bias", "main.11.bias"}
-    norms = {f"main.{i}.{n}" for i in (3, 6, 9) for n in ("weight", "bias", "running_mean", "running_var",
-                                                          "num_batches_tracked")}
+    norms = {
+        f"main.{i}.{n}"
+        for i in (3, 6, 9)
+        for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
     assert keys == convs | norms
     shapes = {k: tuple(v.shape) for k, v in disc.state_dict().items()}
     assert shapes["main.0.weight"] == (64, 3, 4, 4)
@@ -52,8 +54,12 @@ def test_gan_objectives_match_hand_values():
     # hinge: relu(1-real) = [0, .5, 2] -> mean 5/6 ; relu(1+fake) = [0, 1, 2.5] -> mean 7/6
     assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (5 / 6 + 7 / 6))
     sp = lambda t: torch.log1p(torch.exp(t))  # noqa: E731
-    assert vanilla_d_loss(real, fake).item() == pytest.approx(0.5 * (sp(-real).mean() + sp(fake).mean()).item())
-    assert non_saturating_d_loss(real, fake).item() == pytest.approx((sp(-real).mean() + sp(fake).mean()).item())
+    assert vanilla_d_loss(real, fake).item() == pytest.approx(
+        0.5 * (sp(-real).mean() + sp(fake).mean()).item()
+    )
+    assert non_saturating_d_loss(real, fake).item() == pytest.approx(
+        (sp(-real).mean() + sp(fake).mean()).item()
+    )
     assert hinge_gen_loss(fake).item() == pytest.approx(-fake.mean().item())
     assert non_saturating_gen_loss(fake).item() == pytest.approx(sp(-fake).mean().item())
 
@@ -66,7 +72,8 @@ def test_semantic_cosine_loss_hand_value():
     decoded[0, 1, 0, 1] = 3.0  # orthogonal: 1 - cos = 1
     assert semantic_reconstruction_loss(decoded, target, "cos").item() == pytest.approx(0.5)
     assert semantic_reconstruction_loss(decoded, target, "cos_l2").item() == pytest.approx(
-        0.5 + F.mse_loss(decoded, target).item())
+        0.5 + F.mse_loss(decoded, target).item()
+    )
 
 
 def _lpips_reference(module: LPIPS, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,7 +108,10 @@ def test_lpips_loads_local_torchvision_and_head_files(tmp_path):
     source = LPIPS(pretrained=False)
     vgg = {k: v for k, v in source.net.state_dict().items()}
     vgg["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision files carry the classifier too
-    heads = {f"lin{k}.model.1.weight": torch.rand_like(getattr(source, f"lin{k}").model[1].weight) for k in range(5)}
+    heads = {
+        f"lin{k}.model.1.weight": torch.rand_like(getattr(source, f"lin{k}").model[1].weight)
+        for k in range(5)
+    }
     torch.save(vgg, tmp_path / "vgg16.pth")
     torch.save(heads, tmp_path / "vgg.pth")
     loaded = LPIPS(str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth"))
@@ -114,8 +124,15 @@ def test_lpips_loads_local_torchvision_and_head_files(tmp_path):
 
 
 def _loss(**overrides) -> DualViTokLoss:
-    cfg = dict(disc_start=5, disc_weight=0.5, disc_dim=8, disc_num_layers=2, perceptual_weight=0.0,
-               reconstruction_loss="l2", semantic_reconstruction="cos")
+    cfg = dict(
+        disc_start=5,
+        disc_weight=0.5,
+        disc_dim=8,
+        disc_num_layers=2,
+        perceptual_weight=0.0,
+        reconstruction_loss="l2",
+        semantic_reconstruction="cos",
+    )
     cfg.update(overrides)
     return DualViTokLoss(cfg)
 
@@ -131,20 +148,29 @@ def _inputs():
 def test_generator_loss_terms_and_disc_start():
     loss = _loss(codebook_weight=2.0, semantic_codebook_weight=0.5, semantic_reconstruction_weight=3.0)
     x, rec, cb, sem = _inputs()
-    expected_no_adv = (F.mse_loss(rec, x) + 2.0 * 0.7
-                       + 0.5 * 0.3 + 3.0 * semantic_reconstruction_loss(sem[0], sem[2], "cos"))
+    expected_no_adv = (
+        F.mse_loss(rec, x) + 2.0 * 0.7 + 0.5 * 0.3 + 3.0 * semantic_reconstruction_loss(sem[0], sem[2], "cos")
+    )
     before, logs = loss.generator_loss(x, rec, cb, sem, step=3)  # s = 4 < 5
     assert before.item() == pytest.approx(expected_no_adv.item(), rel=1e-6)
     assert logs["gen_loss/disc_factor"].item() == 0.0
     after, logs = loss.generator_loss(x, rec, cb, sem, step=4)  # s = 5 >= 5
     adv = -loss.discriminator(rec).mean()
     assert after.item() == pytest.approx((expected_no_adv + 0.5 * adv).item(), rel=1e-5)
-    assert set(logs) >= {"gen_loss/rec_loss", "gen_loss/codebook_loss", "semantic_loss/reconstruction_loss",
-                         "semantic_loss/codebook_loss", "gen_loss/gen_adv_loss", "gen_loss/total"}
+    assert set(logs) >= {
+        "gen_loss/rec_loss",
+        "gen_loss/codebook_loss",
+        "semantic_loss/reconstruction_loss",
+        "semantic_loss/codebook_loss",
+        "gen_loss/gen_adv_loss",
+        "gen_loss/total",
+    }
 
 
 def test_l1_reconstruction_and_codebook_enlargement():
-    loss = _loss(reconstruction_loss="l1", codebook_enlarge_ratio=3.0, codebook_enlarge_steps=10, disc_start=100)
+    loss = _loss(
+        reconstruction_loss="l1", codebook_enlarge_ratio=3.0, codebook_enlarge_steps=10, disc_start=100
+    )
     x, rec, cb, _ = _inputs()
     total, _ = loss.generator_loss(x, rec, cb, None, step=5)  # scale 1 + 3 * 0.5
     assert total.item() == pytest.approx((F.l1_loss(rec, x) + 2.5 * 0.7).item(), rel=1e-6)
@@ -158,7 +184,9 @@ def test_adaptive_weight_is_gradient_norm_ratio():
     _, logs = loss.generator_loss(x, rec, cb, None, step=0, last_layer=layer.weight)
     g_nll = torch.autograd.grad(F.mse_loss(layer(x), x), layer.weight)[0]
     g_adv = torch.autograd.grad(-loss.discriminator(layer(x)).mean(), layer.weight)[0]
-    assert logs["gen_loss/disc_weight"].item() == pytest.approx((g_nll.norm() / (g_adv.norm() + 1e-4)).item(), rel=1e-4)
+    assert logs["gen_loss/disc_weight"].item() == pytest.approx(
+        (g_nll.norm() / (g_adv.norm() + 1e-4)).item(), rel=1e-4
+    )
 
 
 def test_discriminator_loss_and_lecam():

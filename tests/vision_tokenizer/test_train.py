@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from tests.conftest import REPO_ROOT
 from vision_tokenizer.train.checkpointing import (
     atomic_save,
     capture_rng_state,
@@ -26,6 +25,8 @@ from vision_tokenizer.train.checkpointing import (
 from vision_tokenizer.train.cli import top_level_overrides
 from vision_tokenizer.train.ema import ModelEMA
 from vision_tokenizer.train.schedule import AnnealingLR
+
+from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py"
 SCRIPT = REPO_ROOT / "vision_tokenizer" / "scripts" / "train_dualvitok.py"
@@ -46,7 +47,9 @@ def test_schedule_warmup_and_decay_shapes():
     linear = _lrs("linear", 0, 4, ratio=0.2)
     assert linear == pytest.approx([0.8, 0.6, 0.4, 0.2])
     cosine = _lrs("cosine", 2, 6, ratio=0.0)
-    assert cosine == pytest.approx([0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
+    assert cosine == pytest.approx(
+        [0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0]
+    )
     with pytest.raises(ValueError, match="lr_decay_style"):
         AnnealingLR(_optimizer(), 1.0, 0, 4, "exp")
 
@@ -84,16 +87,19 @@ def test_checkpoint_files_atomic_prune_and_rng(tmp_path):
     assert latest_checkpoint(str(tmp_path)).endswith("0000006.pt")
     state = capture_rng_state()
     atomic_save({"rng": state}, str(tmp_path / "rng.pt"))
-    expected = (torch.rand(3), np.random.rand(), __import__("random").random())
+    expected = (torch.rand(3), np.random.rand(), random.random())
     restore_rng_state(load_checkpoint(str(tmp_path / "rng.pt"))["rng"])
     assert torch.equal(torch.rand(3), expected[0])
-    assert np.random.rand() == expected[1] and __import__("random").random() == expected[2]
+    assert np.random.rand() == expected[1] and random.random() == expected[2]
 
 
 def test_top_level_overrides():
     cfg = {"epochs": 1, "lr": 1e-4}
     assert top_level_overrides(["--epochs=3", "--lr", "2e-3", "--ckpt_keep=0"], cfg) == {
-        "epochs": 3, "lr": 2e-3, "ckpt_keep": 0}
+        "epochs": 3,
+        "lr": 2e-3,
+        "ckpt_keep": 0,
+    }
     with pytest.raises(SystemExit, match="epochz"):
         top_level_overrides(["--epochz=3"], cfg)
 
@@ -110,11 +116,26 @@ def images(tmp_path_factory) -> Path:
 
 def _torchrun(entry: list[str], run_dir: Path, images: Path, *extra: str) -> None:
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *entry, str(TINY),
-        f"--results_dir={run_dir}/", f"--sample_dir={run_dir}/samples/", "--device", "cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *entry,
+        str(TINY),
+        f"--results_dir={run_dir}/",
+        f"--sample_dir={run_dir}/samples/",
+        "--device",
+        "cpu",
         f"--data_args.train.dataset=[{{'dataset': 'folder', 'data_path': '{images}'}}]",
-        "--data_args.train.resolution=32", "--epochs=6", "--lr=2e-3", "--log_every=1", "--ckpt_every=3",
-        "--ckpt_keep=0", *extra,
+        "--data_args.train.resolution=32",
+        "--epochs=6",
+        "--lr=2e-3",
+        "--log_every=1",
+        "--ckpt_every=3",
+        "--ckpt_keep=0",
+        *extra,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -133,16 +154,31 @@ def test_two_process_training_learns_and_resumes_exactly(images, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     first, late = metrics[0], metrics[3:]
     assert np.mean([m["gen_loss/rec_loss"] for m in late]) < 0.9 * first["gen_loss/rec_loss"]
-    assert np.mean([m["semantic_loss/reconstruction_loss"] for m in late]) < 0.9 * first["semantic_loss/reconstruction_loss"]
-    assert metrics[0]["gen_loss/disc_factor"] == 0.0 and metrics[1]["gen_loss/disc_factor"] == 0.5  # disc_start=2
+    assert (
+        np.mean([m["semantic_loss/reconstruction_loss"] for m in late])
+        < 0.9 * first["semantic_loss/reconstruction_loss"]
+    )
+    assert (
+        metrics[0]["gen_loss/disc_factor"] == 0.0 and metrics[1]["gen_loss/disc_factor"] == 0.5
+    )  # disc_start=2
     run = full / "DualViTok"
     assert (run / "log.txt").read_text().count("step 6 ") == 1
     assert (full / "samples" / "train_0000003.png").is_file()
 
     checkpoint = run / "checkpoints" / "0000003.pt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    assert {"model", "optimizer", "discriminator", "optimizer_disc", "scheduler", "scheduler_disc", "steps",
-            "config", "data_state", "rng"} <= set(state)
+    assert {
+        "model",
+        "optimizer",
+        "discriminator",
+        "optimizer_disc",
+        "scheduler",
+        "scheduler_disc",
+        "steps",
+        "config",
+        "data_state",
+        "rng",
+    } <= set(state)
     assert state["steps"] == 3 and len(state["rng"]) == 2 and isinstance(state["config"], dict)
     assert any(k.startswith("pixel_decoder.") for k in state["model"])
 

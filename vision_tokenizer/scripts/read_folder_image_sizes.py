@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, UnidentifiedImageError
-
 from vision_tokenizer.data.datasets import scan_image_folder
 from vision_tokenizer.data.image_io import ImageLoadError, load_image
 
@@ -61,12 +60,17 @@ def unreadable_path(output_json: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input_folder", required=True, help="folder scanned recursively for jpg/jpeg/png/bmp/gif/webp")
+    parser.add_argument(
+        "--input_folder", required=True, help="folder scanned recursively for jpg/jpeg/png/bmp/gif/webp"
+    )
     parser.add_argument("--output_json", required=True, help="where to write the size index")
     parser.add_argument("--threads", type=int, default=256, help="parallel readers (default 256)")
     parser.add_argument("--debug", action="store_true", help=f"only index the first {DEBUG_LIMIT} images")
-    parser.add_argument("--verify", action="store_true",
-                        help="fully decode every image (finds truncated files) instead of reading headers")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="fully decode every image (finds truncated files) instead of reading headers",
+    )
     return parser
 
 
@@ -87,11 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(report, "w", encoding="utf-8") as handle:
             json.dump(failed, handle, indent=1)
         for entry in failed:
-            print(f"unreadable: {os.path.join(args.input_folder, entry['image'])}: {entry['reason']}", file=sys.stderr)
+            print(
+                f"unreadable: {os.path.join(args.input_folder, entry['image'])}: {entry['reason']}",
+                file=sys.stderr,
+            )
     elif os.path.exists(report):
         os.remove(report)
-    print(f"indexed {len(sizes)} images into {args.output_json}; {len(failed)} unreadable"
-          + (f" (listed in {report})" if failed else ""))
+    print(
+        f"indexed {len(sizes)} images into {args.output_json}; {len(failed)} unreadable"
+        + (f" (listed in {report})" if failed else "")
+    )
     return 0
 
 

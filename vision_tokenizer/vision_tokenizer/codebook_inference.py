@@ -90,7 +90,11 @@ def read_annotation_records(path: Path) -> list[AnnotationRecord]:
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as error:
-                    records.append(AnnotationRecord(name, number, error=f"invalid JSON ({error.msg} at column {error.colno})"))
+                    records.append(
+                        AnnotationRecord(
+                            name, number, error=f"invalid JSON ({error.msg} at column {error.colno})"
+                        )
+                    )
                     continue
                 records.append(_checked(AnnotationRecord(name, number), value))
         return records
@@ -133,7 +137,10 @@ def _load_meta(path: str) -> dict[str, dict[str, Any]]:
         if missing:
             raise SystemExit(f"{meta_path}: dataset {name!r} lacks {missing}")
         if entry["tokenizer_inference"] is True:
-            datasets[name] = {key: (meta_path.parent / entry[key]).resolve() for key in ("root", "image_dir", "annotation_dir")}
+            datasets[name] = {
+                key: (meta_path.parent / entry[key]).resolve()
+                for key in ("root", "image_dir", "annotation_dir")
+            }
     return datasets
 
 
@@ -151,12 +158,18 @@ class CodebookInference:
             anchors, self.version = list(RATIOS), "fixed_anchors"
         self.cropper = AspectRatioCrop(anchors, args.crop_percent_thresh)
         cfg = load_config(args.model_config)
-        inference = cfg.get("data_args", {}).get("inference") or {"augment": {"type": "dualvitok_anyres_inference"}}
+        inference = cfg.get("data_args", {}).get("inference") or {
+            "augment": {"type": "dualvitok_anyres_inference"}
+        }
         self.transform = build_transform(inference["augment"], inference.get("resolution", args.resolution))
         self.dtype = DTYPES[args.torch_dtype]
-        self.model = DualViTok.from_pretrained(
-            args.tokenizer_checkpoint, use_ema=args.use_ema, config=args.model_config, device=ctx.device
-        ).to(device=ctx.device, dtype=self.dtype).eval()
+        self.model = (
+            DualViTok.from_pretrained(
+                args.tokenizer_checkpoint, use_ema=args.use_ema, config=args.model_config, device=ctx.device
+            )
+            .to(device=ctx.device, dtype=self.dtype)
+            .eval()
+        )
 
     # ---- per image / record ---------------------------------------------------------------
     def prepare(self, entry: AnnotationRecord, image_dir: Path) -> _Prepared | dict[str, Any]:
@@ -174,9 +187,14 @@ class CodebookInference:
                 return {**entry.location(), "image": str(path), "reason": f"unreadable image: {error.reason}"}
             found = self.cropper.match(image.height, image.width)
             if found.exceeds(self.cropper.crop_percent_thresh):
-                return {**entry.location(), "image": str(path), "reason": (
-                    f"crop {found.crop_fraction:.3f} > crop_percent_thresh {self.cropper.crop_percent_thresh} "
-                    f"for a {image.height}x{image.width} image and anchor {found.anchor[0]}x{found.anchor[1]}")}
+                return {
+                    **entry.location(),
+                    "image": str(path),
+                    "reason": (
+                        f"crop {found.crop_fraction:.3f} > crop_percent_thresh {self.cropper.crop_percent_thresh} "
+                        f"for a {image.height}x{image.width} image and anchor {found.anchor[0]}x{found.anchor[1]}"
+                    ),
+                }
             cropped, _ = self.cropper(image)
             try:
                 tensor = self.transform(cropped, random.Random(0))
@@ -198,7 +216,9 @@ class CodebookInference:
         for keys in by_shape.values():
             for start in range(0, len(keys), self.args.batch_size):
                 chunk = keys[start : start + self.args.batch_size]
-                batch = torch.cat([prepared[r].tensors[i] for r, i in chunk]).to(self.ctx.device, dtype=self.dtype)
+                batch = torch.cat([prepared[r].tensors[i] for r, i in chunk]).to(
+                    self.ctx.device, dtype=self.dtype
+                )
                 idx_semantic, idx_pixel = self.model.encode_code(batch)
                 for row, key in enumerate(chunk):
                     grids[key] = [idx_semantic[row].tolist(), idx_pixel[row].tolist()]
@@ -289,14 +309,23 @@ class CodebookInference:
             self.process_file(source, folders["image_dir"], work_root / relative)
             self.ctx.barrier()
             if self.ctx.is_main:
-                self.merge_file(work_root / relative, output, work_root / relative.with_suffix(".skipped.jsonl"))
+                self.merge_file(
+                    work_root / relative, output, work_root / relative.with_suffix(".skipped.jsonl")
+                )
             self.ctx.barrier()
         if not self.ctx.is_main:
             return {}
         return self._summarise(name, folders, files, annotation_dir, out_root, work_root)
 
-    def _summarise(self, name: str, folders: dict[str, Path], files: list[Path], annotation_dir: Path,
-                   out_root: Path, work_root: Path) -> dict[str, int]:
+    def _summarise(
+        self,
+        name: str,
+        folders: dict[str, Path],
+        files: list[Path],
+        annotation_dir: Path,
+        out_root: Path,
+        work_root: Path,
+    ) -> dict[str, int]:
         statistics: Counter[str] = Counter()
         skipped: list[dict[str, Any]] = []
         for source in files:
@@ -308,8 +337,13 @@ class CodebookInference:
         stats_path = folders["root"] / self.args.output_dirname / f"{self.version}_data_statistic.json"
         stats_path.write_text(json.dumps(dict(sorted(statistics.items())), indent=2), encoding="utf-8")
         _atomic_lines(out_root.parent / f"{self.version}_skipped.jsonl", skipped)
-        logger.info("dataset %s: %d records tokenized, %d skipped (see %s)", name, sum(statistics.values()),
-                    len(skipped), out_root.parent / f"{self.version}_skipped.jsonl")
+        logger.info(
+            "dataset %s: %d records tokenized, %d skipped (see %s)",
+            name,
+            sum(statistics.values()),
+            len(skipped),
+            out_root.parent / f"{self.version}_skipped.jsonl",
+        )
         return {"tokenized": sum(statistics.values()), "skipped": len(skipped)}
 
     def run(self) -> dict[str, dict[str, int]]:
@@ -340,22 +374,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Add DualViTok code grids to generation/editing annotation files (jsonl after tokenizer). "
         "Run under torchrun to split the records over processes.",
     )
-    parser.add_argument("--model_config", required=True, help="tokenizer config (.py/.json) describing the model")
+    parser.add_argument(
+        "--model_config", required=True, help="tokenizer config (.py/.json) describing the model"
+    )
     parser.add_argument("--tokenizer_checkpoint", required=True, help="DualViTok weights (file or folder)")
-    parser.add_argument("--tokenizer_version", default="dualvitok", help="sub-folder naming the tokenizer (default dualvitok)")
-    parser.add_argument("--output_dirname", default="jsonl_after_tokenizer", help="output folder below each dataset root")
-    parser.add_argument("--data_config", required=True, help="meta-data config json (datasets with tokenizer_inference=true are processed)")
-    parser.add_argument("--resolution", type=int, default=512, help="side of the square anchor with --resolution_type fixed (default 512)")
-    parser.add_argument("--resolution_type", choices=("fixed", "fixed_anchors"), default="fixed_anchors",
-                        help="'fixed': one RxR anchor; 'fixed_anchors': the 11 ILLUME+ aspect-ratio anchors")
-    parser.add_argument("--crop_percent_thresh", type=float, default=0.2,
-                        help="skip (and report) records whose centre crop would discard more than this fraction")
-    parser.add_argument("--torch_dtype", choices=sorted(DTYPES), default="fp32", help="model dtype (default fp32)")
-    parser.add_argument("--use-ema", dest="use_ema", action="store_true", help="use the EMA weights of a training checkpoint")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its part files")
-    parser.add_argument("--batch_size", type=int, default=8, help="images encoded together (equal sizes only)")
+    parser.add_argument(
+        "--tokenizer_version", default="dualvitok", help="sub-folder naming the tokenizer (default dualvitok)"
+    )
+    parser.add_argument(
+        "--output_dirname", default="jsonl_after_tokenizer", help="output folder below each dataset root"
+    )
+    parser.add_argument(
+        "--data_config",
+        required=True,
+        help="meta-data config json (datasets with tokenizer_inference=true are processed)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=512,
+        help="side of the square anchor with --resolution_type fixed (default 512)",
+    )
+    parser.add_argument(
+        "--resolution_type",
+        choices=("fixed", "fixed_anchors"),
+        default="fixed_anchors",
+        help="'fixed': one RxR anchor; 'fixed_anchors': the 11 ILLUME+ aspect-ratio anchors",
+    )
+    parser.add_argument(
+        "--crop_percent_thresh",
+        type=float,
+        default=0.2,
+        help="skip (and report) records whose centre crop would discard more than this fraction",
+    )
+    parser.add_argument(
+        "--torch_dtype", choices=sorted(DTYPES), default="fp32", help="model dtype (default fp32)"
+    )
+    parser.add_argument(
+        "--use-ema", dest="use_ema", action="store_true", help="use the EMA weights of a training checkpoint"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its part files"
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=8, help="images encoded together (equal sizes only)"
+    )
     parser.add_argument("--device", default=None, help="force a device (cpu, cuda, npu); default: automatic")
-    parser.add_argument("--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused")
+    parser.add_argument(
+        "--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused"
+    )
     return parser
 
 

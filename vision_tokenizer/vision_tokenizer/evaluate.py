@@ -63,7 +63,14 @@ def image_metrics(reference: np.ndarray, reconstruction: np.ndarray) -> tuple[fl
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8 with the official clamp(127.5 x + 128)."""
-    return (images.detach().float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return (
+        (images.detach().float() * 127.5 + 128.0)
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
 
 
 def find_inception_weights(explicit: str | None) -> str:
@@ -98,18 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
         "rFID and codebook usage. Run under torchrun to shard the images over processes.",
     )
     parser.add_argument("config", help="tokenizer config (.py) with vq_model and data_args.val")
-    parser.add_argument("--vq-ckpt", required=True, help="checkpoint: training .pt, pytorch_model.bin, safetensors, or a folder")
+    parser.add_argument(
+        "--vq-ckpt",
+        required=True,
+        help="checkpoint: training .pt, pytorch_model.bin, safetensors, or a folder",
+    )
     parser.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights stored under 'ema'")
-    parser.add_argument("--model-dtype", choices=sorted(DTYPES), default="fp32", help="weights/compute dtype (default fp32)")
+    parser.add_argument(
+        "--model-dtype", choices=sorted(DTYPES), default="fp32", help="weights/compute dtype (default fp32)"
+    )
     parser.add_argument("--data-path", default=None, help="override data_args.val.data_path")
     parser.add_argument("--out", default=None, help="output folder (default: <sample_dir>/eval)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per process (default data_args.per_proc_batch_size)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per process (default data_args.per_proc_batch_size)",
+    )
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers per process")
-    parser.add_argument("--no-fid", action="store_true", help="skip rFID / Inception Score (no torch-fidelity needed)")
+    parser.add_argument(
+        "--no-fid", action="store_true", help="skip rFID / Inception Score (no torch-fidelity needed)"
+    )
     parser.add_argument("--inception-weights", default=None, help=f"local {INCEPTION_WEIGHTS_FILE} for rFID")
     parser.add_argument("--device", default=None, help="force a device (cpu, cuda, npu); default: automatic")
-    parser.add_argument("--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused")
+    parser.add_argument(
+        "--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused"
+    )
     return parser
 
 
@@ -138,7 +160,9 @@ def evaluate(args: argparse.Namespace, ctx: DistContext) -> dict[str, Any] | Non
         os.makedirs(path, exist_ok=True)
 
     dtype = DTYPES[args.model_dtype]
-    model = DualViTok.from_pretrained(args.vq_ckpt, use_ema=args.use_ema, config=args.config, device=ctx.device)
+    model = DualViTok.from_pretrained(
+        args.vq_ckpt, use_ema=args.use_ema, config=args.config, device=ctx.device
+    )
     model = model.to(device=ctx.device, dtype=dtype).eval()
     sizes = (model.semantic_quantizer.codebook_size, model.pixel_quantizer.codebook_size)
     usage = [torch.zeros(size, dtype=torch.long) for size in sizes]
@@ -147,7 +171,9 @@ def evaluate(args: argparse.Namespace, ctx: DistContext) -> dict[str, Any] | Non
     batch_size = args.batch_size or int(cfg.data_args.get("per_proc_batch_size", 1))
     mine = list(range(ctx.rank, count, ctx.world_size))
     batches = [[(index, 0) for index in mine[i : i + batch_size]] for i in range(0, len(mine), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_images, num_workers=args.num_workers)
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate_images, num_workers=args.num_workers
+    )
     with torch.inference_mode():
         for batch in tqdm(loader, disable=not ctx.is_main, desc="evaluate"):
             images = batch["image"].to(ctx.device, dtype=dtype)
@@ -180,8 +206,15 @@ def evaluate(args: argparse.Namespace, ctx: DistContext) -> dict[str, Any] | Non
     }
     if fid_weights is not None:
         metrics = _import_fidelity().calculate_metrics(
-            input1=dirs["samples"], input2=dirs["gts"], cuda=ctx.device.type == "cuda", isc=True, fid=True,
-            kid=False, prc=False, verbose=False, feature_extractor_weights_path=fid_weights,
+            input1=dirs["samples"],
+            input2=dirs["gts"],
+            cuda=ctx.device.type == "cuda",
+            isc=True,
+            fid=True,
+            kid=False,
+            prc=False,
+            verbose=False,
+            feature_extractor_weights_path=fid_weights,
         )
         results["rfid"] = float(metrics["frechet_inception_distance"])
         results["inception_score"] = float(metrics["inception_score_mean"])

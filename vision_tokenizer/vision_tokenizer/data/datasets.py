@@ -70,7 +70,9 @@ def read_size_index(json_file: str) -> tuple[list[str], list[tuple[int, int]]]:
             paths.append(str(entry["image"]))
             sizes.append((int(entry["height"]), int(entry["width"])))
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{json_file}: entry {position} is not {{image, width, height}}: {entry!r}") from error
+            raise ValueError(
+                f"{json_file}: entry {position} is not {{image, width, height}}: {entry!r}"
+            ) from error
     return paths, sizes
 
 
@@ -178,7 +180,9 @@ def _openimage_list(root: str) -> list[str]:
     return [entry["image"] if isinstance(entry, dict) else str(entry) for entry in entries]
 
 
-def build_image_list(spec: Mapping[str, Any]) -> tuple[str, list[str], list[int] | None, list[tuple[int, int]] | None]:
+def build_image_list(
+    spec: Mapping[str, Any],
+) -> tuple[str, list[str], list[int] | None, list[tuple[int, int]] | None]:
     """Resolve one dataset dict to (root, relative paths, labels, sizes)."""
     kind = spec.get("dataset", spec.get("type"))
     root = spec.get("data_path")

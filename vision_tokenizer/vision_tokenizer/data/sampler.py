@@ -32,7 +32,10 @@ SIZE_FACTOR = 16
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """A 63-bit seed for the sample at `position` of `epoch` (independent streams per sample)."""
-    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([seed, epoch, position]).generate_state(2, dtype=np.uint32).view(np.uint64)[0]
+        >> 1
+    )
 
 
 class ResolutionGroupedBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -37,8 +37,17 @@ __all__ = [
 ]
 
 RATIOS: tuple[tuple[int, int], ...] = (
-    (512, 512), (384, 512), (512, 384), (384, 768), (768, 384), (384, 576), (576, 384),
-    (320, 960), (960, 320), (256, 1024), (1024, 256),
+    (512, 512),
+    (384, 512),
+    (512, 384),
+    (384, 768),
+    (768, 384),
+    (384, 576),
+    (576, 384),
+    (320, 960),
+    (960, 320),
+    (256, 1024),
+    (1024, 256),
 )
 DEFAULT_MIN_PIXELS = 32 * 32
 DEFAULT_MAX_PIXELS = 1024 * 1024
@@ -94,7 +103,9 @@ class AspectRatioCrop:
     cover-resized image that the crop removes: 1 - H_a·W_a / (h_t·w_t).
     """
 
-    def __init__(self, base_sizes: Sequence[tuple[int, int]] = RATIOS, crop_percent_thresh: float = 0.2) -> None:
+    def __init__(
+        self, base_sizes: Sequence[tuple[int, int]] = RATIOS, crop_percent_thresh: float = 0.2
+    ) -> None:
         if not base_sizes:
             raise ValueError("AspectRatioCrop needs at least one anchor size")
         self.base_sizes = [(int(h), int(w)) for h, w in base_sizes]

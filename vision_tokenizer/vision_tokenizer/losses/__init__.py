@@ -12,7 +12,11 @@ from vision_tokenizer.losses.adversarial import (
     vanilla_d_loss,
 )
 from vision_tokenizer.losses.discriminator import NLayerDiscriminator, init_discriminator_weights
-from vision_tokenizer.losses.dualvitok_loss import DualViTokLoss, DualViTokLossConfig, semantic_reconstruction_loss
+from vision_tokenizer.losses.dualvitok_loss import (
+    DualViTokLoss,
+    DualViTokLossConfig,
+    semantic_reconstruction_loss,
+)
 from vision_tokenizer.losses.lpips import LPIPS, VGG16Features
 
 __all__ = [

@@ -112,7 +112,9 @@ def semantic_reconstruction_loss(decoded: torch.Tensor, target: torch.Tensor, ki
         return cosine + F.smooth_l1_loss(decoded, target)
     if kind == "cos_l2":
         return cosine + F.mse_loss(decoded, target)
-    raise ValueError(f"semantic_reconstruction={kind!r} is not supported (choices: {list(SEMANTIC_RECONSTRUCTIONS)})")
+    raise ValueError(
+        f"semantic_reconstruction={kind!r} is not supported (choices: {list(SEMANTIC_RECONSTRUCTIONS)})"
+    )
 
 
 class DualViTokLoss(nn.Module):
@@ -124,11 +126,17 @@ class DualViTokLoss(nn.Module):
             config = DualViTokLossConfig.from_dict(config)
         self.config = config
         self.discriminator = NLayerDiscriminator(
-            input_nc=config.disc_in_channels, ndf=config.disc_dim, n_layers=config.disc_num_layers,
+            input_nc=config.disc_in_channels,
+            ndf=config.disc_dim,
+            n_layers=config.disc_num_layers,
             norm_type=config.norm_type,
         )
         self.perceptual_loss = (
-            LPIPS(config.perceptual_vgg_weights, config.perceptual_lin_weights, pretrained=config.perceptual_pretrained)
+            LPIPS(
+                config.perceptual_vgg_weights,
+                config.perceptual_lin_weights,
+                pretrained=config.perceptual_pretrained,
+            )
             if config.perceptual_weight > 0
             else None
         )

@@ -19,7 +19,25 @@ from vision_tokenizer.utils.checkpoint import load_state_dict_file
 __all__ = ["LPIPS", "VGG16Features", "VGG16_FEATURE_CHANNELS"]
 
 # torchvision's VGG16 "D" configuration; "M" is a 2x2 max-pool.
-_VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_VGG16_LAYOUT: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+)
 # Indices (in `features`) of the ReLUs whose outputs LPIPS compares: relu1_2 ... relu5_3.
 _TAP_INDICES = (3, 8, 15, 22, 29)
 VGG16_FEATURE_CHANNELS = (64, 128, 256, 512, 512)
@@ -77,7 +95,9 @@ class LPIPS(nn.Module):
     fixed metric inside the training loss.
     """
 
-    def __init__(self, vgg_weights: str | None = None, lin_weights: str | None = None, pretrained: bool = True) -> None:
+    def __init__(
+        self, vgg_weights: str | None = None, lin_weights: str | None = None, pretrained: bool = True
+    ) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
@@ -95,7 +115,11 @@ class LPIPS(nn.Module):
     def load_pretrained(self, vgg_weights: str | None, lin_weights: str | None) -> None:
         """Load torchvision VGG16 weights and the LPIPS heads from local files."""
         for what, path, key in (
-            ("torchvision VGG16 ImageNet weights (vgg16-397923af.pth)", vgg_weights, "perceptual_vgg_weights"),
+            (
+                "torchvision VGG16 ImageNet weights (vgg16-397923af.pth)",
+                vgg_weights,
+                "perceptual_vgg_weights",
+            ),
             ("LPIPS linear heads (vgg.pth)", lin_weights, "perceptual_lin_weights"),
         ):
             if not path:
@@ -120,7 +144,9 @@ class LPIPS(nn.Module):
         unexpected = sorted(set(state) - set(expected))
         bad = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
         if missing or unexpected or bad:
-            raise ValueError(f"LPIPS weights {path}: missing {missing}, unexpected {unexpected}, mis-shaped {bad}")
+            raise ValueError(
+                f"LPIPS weights {path}: missing {missing}, unexpected {unexpected}, mis-shaped {bad}"
+            )
         module.load_state_dict(state)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

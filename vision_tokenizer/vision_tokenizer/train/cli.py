@@ -27,16 +27,33 @@ def build_parser() -> argparse.ArgumentParser:
         "(CUDA, Ascend NPU or CPU/gloo, picked automatically). Any further --a.b=value item "
         "overrides that config key (value read as a Python literal), e.g. --data_args.global_batch_size=64 or --epochs=3.",
     )
-    parser.add_argument("config", help="tokenizer training config (.py), e.g. configs/example/dualvitok/dualvitok_anyres_max512.py")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="continue a run exactly: 'latest' (default when given without a value) picks the "
-                        "newest checkpoint in <results_dir>/<type>/checkpoints, or give a checkpoint path")
-    parser.add_argument("--device", default=None,
-                        help="force a device (cpu, cuda, npu); default: the accelerator of this machine")
-    parser.add_argument("--stop-after-steps", type=int, default=None,
-                        help="leave after this many optimizer steps of this invocation (the schedule still "
-                        "spans the whole run; pair with --resume to continue)")
-    parser.add_argument("--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused")
+    parser.add_argument(
+        "config",
+        help="tokenizer training config (.py), e.g. configs/example/dualvitok/dualvitok_anyres_max512.py",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="continue a run exactly: 'latest' (default when given without a value) picks the "
+        "newest checkpoint in <results_dir>/<type>/checkpoints, or give a checkpoint path",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="force a device (cpu, cuda, npu); default: the accelerator of this machine",
+    )
+    parser.add_argument(
+        "--stop-after-steps",
+        type=int,
+        default=None,
+        help="leave after this many optimizer steps of this invocation (the schedule still "
+        "spans the whole run; pair with --resume to continue)",
+    )
+    parser.add_argument(
+        "--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused"
+    )
     return parser
 
 

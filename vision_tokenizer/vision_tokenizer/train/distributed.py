@@ -17,7 +17,12 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "DistContext", "init_distributed", "all_reduce_mean", "all_gather_objects", "average_tensors", "broadcast_module",
+    "DistContext",
+    "init_distributed",
+    "all_reduce_mean",
+    "all_gather_objects",
+    "average_tensors",
+    "broadcast_module",
 ]
 
 

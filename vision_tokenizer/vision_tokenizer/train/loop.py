@@ -111,7 +111,11 @@ class Trainer:
                 f"{ctx.world_size} x gradient_accumulation_steps {opts.gradient_accumulation_steps}"
             )
         self.sampler = ResolutionGroupedBatchSampler(
-            len(self.dataset), global_batch // world_accum, ctx.world_size, ctx.rank, seed=opts.global_seed,
+            len(self.dataset),
+            global_batch // world_accum,
+            ctx.world_size,
+            ctx.rank,
+            seed=opts.global_seed,
             image_sizes=self.dataset.image_sizes if opts.use_group_image_resolution else None,
         )
         self.steps_per_epoch = len(self.sampler) // opts.gradient_accumulation_steps
@@ -124,10 +128,22 @@ class Trainer:
         self.opt_g = self._optimizer(self.trainable)
         self.opt_d = self._optimizer(self.disc_params)
         warmup_iter = int(opts.warmup * self.total_steps)
-        self.sched_g = AnnealingLR(self.opt_g, opts.lr, warmup_iter, self.total_steps, opts.lr_decay_style,
-                                   decay_ratio=opts.lr_decay_ratio)
-        self.sched_d = AnnealingLR(self.opt_d, opts.lr, warmup_iter, self.total_steps, opts.lr_decay_style,
-                                   decay_ratio=opts.lr_decay_ratio)
+        self.sched_g = AnnealingLR(
+            self.opt_g,
+            opts.lr,
+            warmup_iter,
+            self.total_steps,
+            opts.lr_decay_style,
+            decay_ratio=opts.lr_decay_ratio,
+        )
+        self.sched_d = AnnealingLR(
+            self.opt_d,
+            opts.lr,
+            warmup_iter,
+            self.total_steps,
+            opts.lr_decay_style,
+            decay_ratio=opts.lr_decay_ratio,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(self.model, opts.ema_decay) if opts.ema else None
 
@@ -139,7 +155,8 @@ class Trainer:
         forward_model: nn.Module = torch.compile(self.model) if opts.compile else self.model
         if ctx.enabled:
             forward_model = DistributedDataParallel(
-                forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,
             )
         self.forward_model = forward_model
@@ -148,8 +165,11 @@ class Trainer:
             if cfg.get(key):
                 logger.info("config key %s=%r has no effect in this implementation", key, cfg.get(key))
         if opts.weight_decay and not opts.apply_weight_decay:
-            logger.warning("weight_decay=%s is ignored (official Adam has none); set apply_weight_decay=True "
-                           "to use AdamW with it", opts.weight_decay)
+            logger.warning(
+                "weight_decay=%s is ignored (official Adam has none); set apply_weight_decay=True "
+                "to use AdamW with it",
+                opts.weight_decay,
+            )
 
     # ---- construction helpers -------------------------------------------------------------
     def _amp_dtype(self, name: str) -> torch.dtype | None:
@@ -188,7 +208,9 @@ class Trainer:
                 return
         if not path:
             return
-        state = load_checkpoint(path) if path.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path) else None
+        state = (
+            load_checkpoint(path) if path.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path) else None
+        )
         if state is not None and _is_training_checkpoint(state) and not opts.finetune:
             self._resume(state, path)
         else:
@@ -217,15 +239,25 @@ class Trainer:
         self.step = int(state["steps"])
         data_state = state.get("data_state") or {}
         self.epoch = int(data_state.get("epoch", self.step // self.steps_per_epoch))
-        self.next_batch = int(data_state.get("next_batch", (self.step % self.steps_per_epoch)
-                                             * self.options.gradient_accumulation_steps))
+        self.next_batch = int(
+            data_state.get(
+                "next_batch", (self.step % self.steps_per_epoch) * self.options.gradient_accumulation_steps
+            )
+        )
         rng = state.get("rng") or []
         if len(rng) == self.ctx.world_size:
             restore_rng_state(rng[self.ctx.rank])
         else:
-            logger.warning("%s was written by %d ranks, this run has %d: random streams are re-seeded, "
-                           "so the continuation is not bit-exact", path, len(rng), self.ctx.world_size)
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.next_batch)
+            logger.warning(
+                "%s was written by %d ranks, this run has %d: random streams are re-seeded, "
+                "so the continuation is not bit-exact",
+                path,
+                len(rng),
+                self.ctx.world_size,
+            )
+        logger.info(
+            "resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.next_batch
+        )
 
     # ---- one optimizer step ---------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -253,12 +285,21 @@ class Trainer:
             sync = contextlib.nullcontext() if syncing else self.forward_model.no_sync()
             with sync:
                 with self._autocast():
-                    (decoded_sem, loss_sem, target_sem), (reconstruction, loss_pix) = self.forward_model(inputs)
+                    (decoded_sem, loss_sem, target_sem), (reconstruction, loss_pix) = self.forward_model(
+                        inputs
+                    )
                     loss, step_logs = self.loss_fn.generator_loss(
-                        inputs, reconstruction, loss_pix, (decoded_sem, loss_sem, target_sem), self.step, last_layer
+                        inputs,
+                        reconstruction,
+                        loss_pix,
+                        (decoded_sem, loss_sem, target_sem),
+                        self.step,
+                        last_layer,
                     )
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"generator loss is {loss.item()} at step {self.step}: {step_logs}")
+                    raise FloatingPointError(
+                        f"generator loss is {loss.item()} at step {self.step}: {step_logs}"
+                    )
                 self.scaler.scale(loss / count).backward()
             pairs.append((inputs, reconstruction.detach()))
             for name, value in step_logs.items():
@@ -276,7 +317,9 @@ class Trainer:
             with self._autocast():
                 loss_d, disc_logs = self.loss_fn.discriminator_loss(inputs, reconstruction, self.step)
             if not torch.isfinite(loss_d):
-                raise FloatingPointError(f"discriminator loss is {loss_d.item()} at step {self.step}: {disc_logs}")
+                raise FloatingPointError(
+                    f"discriminator loss is {loss_d.item()} at step {self.step}: {disc_logs}"
+                )
             self.scaler.scale(loss_d / count).backward()
             for name, value in disc_logs.items():
                 logs[name] = logs.get(name, 0) + value / count
@@ -332,9 +375,12 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.next_batch)
         generator = torch.Generator().manual_seed(self.options.global_seed * 1_000_003 + self.epoch)
         return DataLoader(
-            self.dataset, batch_sampler=self.sampler, num_workers=self.options.num_workers,
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=self.options.num_workers,
             collate_fn=functools.partial(collate_images, anyres=self.options.training_with_anyres),
-            pin_memory=self.device.type == "cuda", generator=generator,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
         )
 
     def run(self) -> dict[str, Any]:
@@ -343,9 +389,13 @@ class Trainer:
         if self.ctx.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             self.cfg.dump(os.path.join(self.run_dir, "config.py"))
-            logger.info("training %d steps (%d per epoch) on %d rank(s), %d trainable parameters",
-                        self.total_steps, self.steps_per_epoch, self.ctx.world_size,
-                        sum(p.numel() for p in self.trainable))
+            logger.info(
+                "training %d steps (%d per epoch) on %d rank(s), %d trainable parameters",
+                self.total_steps,
+                self.steps_per_epoch,
+                self.ctx.world_size,
+                sum(p.numel() for p in self.trainable),
+            )
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.ctx.is_main, desc="train")
         pending: dict[str, torch.Tensor] = {}
         pending_count = 0
@@ -379,7 +429,12 @@ class Trainer:
                 if self.stop_after_steps is not None and steps_this_call >= self.stop_after_steps:
                     progress.close()
                     self.logger.close()
-                    return {"steps": self.step, "checkpoint": last_ckpt, "run_dir": self.run_dir, "stopped": True}
+                    return {
+                        "steps": self.step,
+                        "checkpoint": last_ckpt,
+                        "run_dir": self.run_dir,
+                        "stopped": True,
+                    }
         progress.close()
         self.logger.close()
         return {"steps": self.step, "checkpoint": last_ckpt, "run_dir": self.run_dir, "stopped": False}

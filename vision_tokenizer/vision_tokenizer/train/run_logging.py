@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,20 +26,34 @@ def setup_file_logging(log_file: str | None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+        level=logging.INFO,
+        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
     )
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, the official clamp(127.5 x + 128)."""
-    return (images.detach().float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return (
+        (images.detach().float() * 127.5 + 128.0)
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
 
 
-def reconstruction_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, max_images: int = 8) -> Image.Image:
+def reconstruction_grid(
+    inputs: torch.Tensor, reconstructions: torch.Tensor, max_images: int = 8
+) -> Image.Image:
     """Originals in the top row, reconstructions below (at most `max_images` columns)."""
     top = _to_uint8(inputs[:max_images])
     bottom = _to_uint8(reconstructions[:max_images])
-    return Image.fromarray(np.concatenate([np.concatenate(list(top), axis=1), np.concatenate(list(bottom), axis=1)], 0))
+    return Image.fromarray(
+        np.concatenate([np.concatenate(list(top), axis=1), np.concatenate(list(bottom), axis=1)], 0)
+    )
 
 
 class RunLogger:

@@ -37,7 +37,9 @@ class AnnealingLR:
         decay_ratio: float = 0.1,
     ) -> None:
         if decay_style not in DECAY_STYLES:
-            raise ValueError(f"lr_decay_style={decay_style!r} is not supported (choices: {list(DECAY_STYLES)})")
+            raise ValueError(
+                f"lr_decay_style={decay_style!r} is not supported (choices: {list(DECAY_STYLES)})"
+            )
         self.optimizer = optimizer
         self.start_lr = start_lr
         self.warmup_iter = int(warmup_iter)
