@@ -6,6 +6,11 @@ The CLI, the demo, the notebook, the eval scripts and the lmms-eval plugin all c
 
 Seeds: `seed` is an int (row i of a call uses `seed + i`) or one int per row; a row's output
 depends only on its own seed, prompt and settings, not on the rest of the batch.
+
+    pipe = IllumePipeline.from_pretrained("checkpoints/illume_plus-qwen2_5-3b", dualvitok="checkpoints/dualvitok")
+    pipe.understand(load_image("cat.jpg"), "Describe the image.")          # -> ["A cat ..."]
+    pipe.generate(["a cat with a hat", "a red car"], resolution=(512, 512))  # -> [PIL.Image, PIL.Image]
+    pipe.edit(load_image("boots.jpg"), "Make the boots deep green.")        # -> [PIL.Image] at the input size
 """
 
 from __future__ import annotations
