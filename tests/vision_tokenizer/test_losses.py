@@ -210,3 +210,14 @@ def test_config_errors_name_the_key():
         DualViTokLossConfig.from_dict({"semantic_reconstruction": "dot"})
     with pytest.raises(ValueError, match="perceptual_vgg_weights"):
         DualViTokLoss({"perceptual_weight": 1.0})
+
+
+def test_losses_stay_float32_under_fp16_autocast():
+    loss = _loss(disc_start=100)
+    x, rec, cb, sem = _inputs()
+    with torch.autocast("cpu", dtype=torch.float16):
+        d_loss, _ = loss.discriminator_loss(x, rec, step=0)
+        g_loss, _ = loss.generator_loss(x, rec, cb, sem, step=0)
+    assert d_loss.dtype == g_loss.dtype == torch.float32
+    (d_loss * 65536.0).backward()  # a GradScaler-sized factor must not overflow to inf in fp16
+    assert all(p.grad.isfinite().all() for p in loss.discriminator.parameters())

@@ -178,13 +178,13 @@ class DualViTokLoss(nn.Module):
         inputs, reconstructions = inputs.float(), reconstructions.float()
         rec = self.rec_loss(reconstructions, inputs)
         perceptual = (
-            self.perceptual_loss(inputs, reconstructions).mean()
+            self.perceptual_loss(inputs, reconstructions).float().mean()
             if self.perceptual_loss is not None
             else rec.new_zeros(())
         )
         nll = cfg.reconstruction_weight * rec + cfg.perceptual_weight * perceptual
 
-        gen_adv = self.gen_adv_loss_fn(self.discriminator(reconstructions))
+        gen_adv = self.gen_adv_loss_fn(self.discriminator(reconstructions).float())
         disc_factor = self.disc_factor(step)
         if cfg.disc_adaptive_weight and disc_factor > 0 and self.training:
             if last_layer is None:
@@ -222,10 +222,11 @@ class DualViTokLoss(nn.Module):
         """Discriminator objective on real images and detached reconstructions.
 
         Real and fake batches take separate forwards, so BatchNorm normalises each with its
-        own statistics (as in the official loss).
+        own statistics (as in the official loss). Logits are upcast so that the loss, and the
+        gradient a GradScaler feeds into it, stay in float32 under fp16 autocast.
         """
-        logits_real = self.discriminator(inputs.detach().float())
-        logits_fake = self.discriminator(reconstructions.detach().float())
+        logits_real = self.discriminator(inputs.detach().float()).float()
+        logits_fake = self.discriminator(reconstructions.detach().float()).float()
         disc_factor = self.disc_factor(step)
         loss = disc_factor * self.disc_loss_fn(logits_real, logits_fake)
         logs = {
