@@ -77,19 +77,27 @@ class _Row:
     """Host-side decoding state of one conditional row."""
 
     def __init__(
-        self, spec: RowSpec, vocab: ImageVocabulary, rules: TextRules, eos: frozenset[int], budget: int
+        self, spec: RowSpec, vocab: ImageVocabulary, rules: TextRules, eos: frozenset[int], text_budget: int
     ):
         self.spec = spec
         self.vocab = vocab
         self.rules = rules
         self.eos = eos
-        self.budget = budget
+        self.budget = text_budget
         self.stop_after_image = spec.image is not None
         self.plan: ImagePlan | None = image_plan(vocab, spec.image) if spec.image is not None else None
         self.mode = _IMAGE if self.plan is not None else _TEXT
         self.pos = 0
         self.height = 0
         self.length = 0
+
+    @property
+    def max_steps(self) -> int:
+        """Most tokens the row can produce: its image block, or the text budget plus one image
+        (an image opened before the budget runs out is always completed)."""
+        if self.stop_after_image:
+            return len(self.plan)
+        return self.budget + (self.rules.max_image_tokens() if self.spec.allow_images else 0)
 
     @property
     def needs_host(self) -> bool:
@@ -288,19 +296,10 @@ class GenerationEngine:
             )
         if keys.shape != (batch,):
             raise ValueError(f"keys must have shape ({batch},), got {tuple(keys.shape)}")
-        vocab, rules = self.vocab, self.rules
-        budgets = []
-        for spec in rows:
-            if spec.image is not None:
-                budgets.append(image_plan(vocab, spec.image).__len__())
-            else:
-                budgets.append(max_new_tokens + (rules.max_image_tokens() if spec.allow_images else 0))
-        states = [
-            _Row(spec, vocab, rules, self.eos, max_new_tokens if spec.image is None else b)
-            for spec, b in zip(rows, budgets)
-        ]
+        states = [_Row(spec, self.vocab, self.rules, self.eos, max_new_tokens) for spec in rows]
+        steps = max(s.max_steps for s in states)
         prompt_len = prompt.embeds.shape[1]
-        decoder = self._decoder_for(total, prompt_len + max(budgets))
+        decoder = self._decoder_for(total, prompt_len + steps)
         state = decoder.state
         patterns: dict = {}
         visibility: dict = {}
@@ -311,7 +310,7 @@ class GenerationEngine:
         image_start: dict[int, tuple[int, int]] = {}
         keys = keys.to(self.device)
         slot = prompt_len
-        for step in range(max(budgets)):
+        for step in range(steps):
             tokens = self._select(pattern, logits, step_keys(keys, step), sampling)
             host = tokens.tolist() if any(s.needs_host for s in states) else None
             active = [not s.done for s in states]
