@@ -13,10 +13,14 @@ from illume.serve.limits import InputError, InputLimits
 from PIL import Image
 
 from tests.browser import ARTIFACTS_DIR, browser_page, running_app
-from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_origin_dir, tiny_sdxl_dir  # noqa: F401  (fixtures)
+from tests.illume import tiny_models
 
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 6
+
+tiny_dualvitok_dir = tiny_models.tiny_dualvitok_dir  # shared session fixture
+tiny_origin_dir = tiny_models.tiny_origin_dir  # shared session fixture
+tiny_sdxl_dir = tiny_models.tiny_sdxl_dir  # shared session fixture
 
 
 def _photo(path: Path, width: int = 96, height: int = 64) -> Path:
@@ -27,7 +31,7 @@ def _photo(path: Path, width: int = 96, height: int = 64) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_origin_dir: Path, tiny_dualvitok_dir: Path, tiny_sdxl_dir: Path) -> IllumePipeline:  # noqa: F811
+def pipe(tiny_origin_dir: Path, tiny_dualvitok_dir: Path, tiny_sdxl_dir: Path) -> IllumePipeline:
     pipe = IllumePipeline.from_pretrained(
         tiny_origin_dir, dualvitok=tiny_dualvitok_dir, sdxl_decoder=tiny_sdxl_dir, device="cpu"
     )
@@ -97,9 +101,8 @@ def test_chat_limits(handlers: DemoHandlers, photo: Path, tmp_path: Path) -> Non
 
 
 def test_generate_is_seeded_and_decoders_differ_in_size(handlers: DemoHandlers, pipe: IllumePipeline) -> None:
-    # CFG 1 keeps the tiny model's generations cheap (no unconditional rows).
-    image = handlers.generate("a cat", "256x256", seed=7, cfg_scale=1.0)
-    expected = pipe.generate(["a cat"], resolution=(256, 256), seed=7, cfg_scale=1.0)[0]
+    image = handlers.generate("a cat", "256x256", seed=7)
+    expected = pipe.generate(["a cat"], resolution=(256, 256), seed=7)[0]
     assert image.size == (256, 256) and np.array_equal(np.asarray(image), np.asarray(expected))
     sdxl = handlers.generate(
         "a cat", "256x256", seed=7, cfg_scale=1.0, decoder=DECODER_CHOICES[1], diffusion_steps=1
@@ -120,7 +123,7 @@ def test_sdxl_choice_without_decoder_is_refused(pipe: IllumePipeline) -> None:
 
 
 def test_edit_keeps_the_input_size(handlers: DemoHandlers, photo: Path) -> None:
-    edited = handlers.edit(str(photo), "make it blue", "256x256", seed=3, cfg_scale=1.0)
+    edited = handlers.edit(str(photo), "make it blue", "256x256", seed=3)
     assert edited.size == Image.open(photo).size
     with pytest.raises(InputError, match="Please upload an image"):
         handlers.edit(None, "make it blue", AUTO_RESOLUTION)
@@ -131,8 +134,8 @@ def test_edit_keeps_the_input_size(handlers: DemoHandlers, photo: Path) -> None:
 @pytest.mark.slow
 def test_page_in_headless_chromium(
     pipe: IllumePipeline,
-    tiny_origin_dir: Path,  # noqa: F811
-    tiny_dualvitok_dir: Path,  # noqa: F811
+    tiny_origin_dir: Path,
+    tiny_dualvitok_dir: Path,
     photo: Path,
     tmp_path: Path,
 ) -> None:

@@ -16,13 +16,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from tests.illume.tiny_models import tiny_origin_dir  # noqa: F401  (fixture)
+from tests.illume import tiny_models
 
 ATOL = RTOL = 1e-4
 
+tiny_origin_dir = tiny_models.tiny_origin_dir  # shared session fixture
+
 
 @pytest.fixture(scope="module")
-def hf_dir(tiny_origin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def hf_dir(tiny_origin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_origin(tiny_origin_dir, tmp_path_factory.mktemp("hf") / "tiny-hf")
 
 
@@ -90,7 +92,7 @@ def test_processor_rejects_marker_image_mismatch(hf_dir: Path) -> None:
         processor(text="<image>\nDescribe.")
 
 
-def test_origin_override_files_are_applied(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_origin_override_files_are_applied(tiny_origin_dir: Path, tmp_path: Path) -> None:
     src = tmp_path / "origin"
     shutil.copytree(tiny_origin_dir, src)
     key = "model.mm_projector.projector_1.0.bias"
@@ -100,7 +102,7 @@ def test_origin_override_files_are_applied(tiny_origin_dir: Path, tmp_path: Path
     assert torch.equal(load_file(out / "model.safetensors")[key], torch.full_like(bias, 0.5))
 
 
-def test_origin_override_with_unknown_key_is_an_error(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_origin_override_with_unknown_key_is_an_error(tiny_origin_dir: Path, tmp_path: Path) -> None:
     src = tmp_path / "origin"
     shutil.copytree(tiny_origin_dir, src)
     torch.save({"model.not_a_layer.weight": torch.zeros(1)}, src / "mm_projector.bin")
@@ -108,7 +110,7 @@ def test_origin_override_with_unknown_key_is_an_error(tiny_origin_dir: Path, tmp
         convert_origin(src, tmp_path / "hf")
 
 
-def _remote_folder(tiny_origin_dir: Path, out: Path, extra_key: str | None = None) -> Path:  # noqa: F811
+def _remote_folder(tiny_origin_dir: Path, out: Path, extra_key: str | None = None) -> Path:
     """A remote-code style folder: `auto_map` in config.json, LLM keys under `language_model.`."""
     out.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "dualvitok_tiny_config.json"):
@@ -124,7 +126,7 @@ def _remote_folder(tiny_origin_dir: Path, out: Path, extra_key: str | None = Non
     return out
 
 
-def test_remote_layout_converts_to_the_same_weights(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_remote_layout_converts_to_the_same_weights(tiny_origin_dir: Path, tmp_path: Path) -> None:
     src = _remote_folder(tiny_origin_dir, tmp_path / "remote")
     out = convert_remote_hf(src, tmp_path / "hf")
     assert (
@@ -133,13 +135,13 @@ def test_remote_layout_converts_to_the_same_weights(tiny_origin_dir: Path, tmp_p
     assert "auto_map" not in json.loads((out / "config.json").read_text())
 
 
-def test_remote_layout_with_unknown_keys_is_reported(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_remote_layout_with_unknown_keys_is_reported(tiny_origin_dir: Path, tmp_path: Path) -> None:
     src = _remote_folder(tiny_origin_dir, tmp_path / "remote", extra_key="visual_head.weight")
     with pytest.raises(ValueError, match="visual_head.weight"):
         convert_remote_hf(src, tmp_path / "hf")
 
 
-def test_cli_refuses_to_overwrite(tiny_origin_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_cli_refuses_to_overwrite(tiny_origin_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     with pytest.raises(SystemExit):
         convert_main([str(tiny_origin_dir), str(tmp_path / "taken")])

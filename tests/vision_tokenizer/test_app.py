@@ -15,7 +15,10 @@ from vision_tokenizer.models.vit_input import vit_target_size
 from vision_tokenizer.sdxl import DualViTokSDXLDecoderPipeline
 
 from tests.browser import ARTIFACTS_DIR, browser_page, running_app
-from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_sdxl_dir  # noqa: F401  (fixtures)
+from tests.illume import tiny_models
+
+tiny_dualvitok_dir = tiny_models.tiny_dualvitok_dir  # shared session fixture
+tiny_sdxl_dir = tiny_models.tiny_sdxl_dir  # shared session fixture
 
 
 def _photo(path: Path, width: int, height: int) -> Path:
@@ -27,7 +30,7 @@ def _photo(path: Path, width: int, height: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo(tiny_dualvitok_dir: Path, tiny_sdxl_dir: Path) -> TokenizerDemo:  # noqa: F811
+def demo(tiny_dualvitok_dir: Path, tiny_sdxl_dir: Path) -> TokenizerDemo:
     model = DualViTok.from_pretrained(tiny_dualvitok_dir)
     decoder = DualViTokSDXLDecoderPipeline.from_pretrained(tiny_sdxl_dir, dualvitok=model)
     decoder.set_progress_bar_config(disable=True)
@@ -72,7 +75,7 @@ def test_sdxl_without_decoder_is_a_clear_error(demo: TokenizerDemo, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_page_in_headless_chromium(tiny_dualvitok_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_page_in_headless_chromium(tiny_dualvitok_dir: Path, tmp_path: Path) -> None:
     photo = _photo(tmp_path / "photo.png", 320, 208)
     args = ["--config", str(tiny_dualvitok_dir), "--device", "cpu"]
     with running_app("vision_tokenizer.app", args, tmp_path / "app.log") as url, browser_page(url) as page:
