@@ -96,7 +96,7 @@ class StaticDecoder:
     ) -> torch.Tensor:
         """Self-attention of `hidden` (rows, T, H) writing its keys at `write_slots` (T,).
 
-        `mask` (rows, T, max_len) bool: which cache slots each query may see.
+        `mask` (rows, T, S) bool: which of the first S cache slots each query may see.
         """
         attn = layer.self_attn
         rows, length, _ = hidden.shape
@@ -106,14 +106,19 @@ class StaticDecoder:
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         self.keys[index].index_copy_(2, write_slots, k)
         self.values[index].index_copy_(2, write_slots, v)
+        seen = mask.shape[-1]
+        keys, values = self.keys[index][:, :, :seen], self.values[index][:, :, :seen]
         group = self.num_heads // self.num_kv_heads
-        # (rows, kv, group·T, d): query heads h = kv·group + g share key/value head kv.
-        q = q.reshape(rows, self.num_kv_heads, group * length, self.head_dim)
-        full_mask = mask[:, None, None].expand(rows, 1, group, length, self.max_len)
-        full_mask = full_mask.reshape(rows, 1, group * length, self.max_len)
-        out = F.scaled_dot_product_attention(
-            q, self.keys[index], self.values[index], attn_mask=full_mask, scale=attn.scaling
-        )
+        if length == 1:
+            # Decode: fold each key/value head's query group into the query axis, (rows, kv, group, d);
+            # query head h = kv·group + g uses key/value head kv.
+            q = q.reshape(rows, self.num_kv_heads, group, self.head_dim)
+            full_mask = mask[:, None].expand(rows, 1, group, seen)
+        else:
+            keys = keys.repeat_interleave(group, dim=1)
+            values = values.repeat_interleave(group, dim=1)
+            full_mask = mask[:, None]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=full_mask, scale=attn.scaling)
         out = out.reshape(rows, self.num_heads, length, self.head_dim).transpose(1, 2)
         return attn.o_proj(out.reshape(rows, length, self.num_heads * self.head_dim))
 
@@ -153,11 +158,8 @@ class StaticDecoder:
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
         # A query sees real earlier tokens, and always itself (keeps padding rows finite).
-        seen = (causal[None] & real[:, None, :]) | torch.eye(length, dtype=torch.bool, device=self.device)[
-            None
-        ]
-        mask = torch.zeros(rows, length, self.max_len, dtype=torch.bool, device=self.device)
-        mask[:, :, :length] = seen
+        itself = torch.eye(length, dtype=torch.bool, device=self.device)
+        mask = (causal[None] & real[:, None, :]) | itself[None]
         hidden = self._forward(
             embeds.to(self.dtype), positions, torch.arange(length, device=self.device), mask
         )
