@@ -212,3 +212,33 @@ def test_entry_point_help_runs_as_a_script() -> None:
         [sys.executable, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "model_args" in result.stdout
+
+
+def _deepspeed_unavailable_reason() -> str | None:
+    try:
+        import deepspeed  # noqa: F401
+    except Exception as err:  # deepspeed raises various errors when it cannot set itself up
+        return f"deepspeed is not importable here ({type(err).__name__}: {err}); pip install deepspeed"
+    return None
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.skipif(_deepspeed_unavailable_reason() is not None, reason=str(_deepspeed_unavailable_reason()))
+def test_torchrun_with_deepspeed_zero2_on_cpu(tiny_llm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "zero2"
+    _torchrun(
+        [
+            str(TRAIN_SCRIPT),
+            str(TINY_CONFIG),
+            f"--model_args.language_model.pretrained_model_name_or_path={tiny_llm}",
+            f"--training_args.output_dir={out}",
+            "--training_args.num_train_epochs=1",
+            "--training_args.deepspeed=ILLUME/scripts/zero2.json",
+        ],
+        29633,
+    )
+    assert [r["step"] for r in _losses(out)] == [1, 2, 3]
+    assert (out / "checkpoint-3" / "global_step3").is_dir()  # DeepSpeed's own optimizer shards
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.mm_vision_tower["vq_config"] == "dualvitok_config.json"

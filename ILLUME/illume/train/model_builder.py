@@ -13,6 +13,7 @@ with `tune_vit_from_layer`, `mm_projector.trainable`, and the embedding policy o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -91,13 +92,23 @@ def _load_tower_checkpoint(model: IllumeQwen2ForCausalLM, path: str, use_ema: bo
     """Copy a DualViTok checkpoint's two encoders into the tower (the rest of it is unused)."""
     state = load_state_dict_file(path, use_ema=use_ema)
     tower = model.get_model().vision_tower
-    renamed = {}
+    renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith("semantic_encoder.model."):
             renamed["semantic_encoder." + key[len("semantic_encoder.model.") :]] = value
         elif key.startswith("pixel_encoder."):
             renamed[key] = value
-    load_into(tower, renamed, strict=True, name=f"vision tower from {path}")
+    with _gathered(list(tower.parameters())):
+        load_into(tower, renamed, strict=True, name=f"vision tower from {path}")
+
+
+def _gathered(params: list[torch.nn.Parameter]) -> Any:
+    """Full parameters under DeepSpeed ZeRO-3 (partitioned at construction), else a no-op."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return contextlib.nullcontext()
 
 
 def build_model_and_tokenizer(
@@ -137,10 +148,8 @@ def build_model_and_tokenizer(
     llm_missing = sorted(k for k in missing if not k.startswith(tuple(MODULE_PREFIXES.values())))
     if llm_missing and llm.get("from_pretrained", True):
         raise ValueError(f"{path}: checkpoint lacks LLM weights {llm_missing[:5]}")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        raise ValueError(
-            f"{path}: {len(tokenizer)} tokens but only {model.get_input_embeddings().weight.shape[0]} embedding rows"
-        )
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"{path}: {len(tokenizer)} tokens but only {model.config.vocab_size} embedding rows")
 
     tower_missing = any(k.startswith(MODULE_PREFIXES["vision_tower"]) for k in missing)
     if tower_missing and tower_args.get("vq_ckpt"):

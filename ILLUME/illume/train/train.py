@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from vision_tokenizer.utils.config import load_config
@@ -29,7 +30,7 @@ from illume.data.collator import SupervisedCollator
 from illume.data.conversation import get_template
 from illume.data.errors import RecordErrorPolicy
 from illume.train.arguments import build_training_arguments
-from illume.train.model_builder import MODULE_PREFIXES, build_model_and_tokenizer
+from illume.train.model_builder import build_model_and_tokenizer
 from illume.train.trainer import ILLUMETrainer
 
 __all__ = ["REPO_ROOT", "resolve_path", "main", "run"]
@@ -81,15 +82,18 @@ def run(cfg: Any) -> ILLUMETrainer:
     _enable_npu()
     model_args, data_args = cfg["model_args"], cfg["data_args"]
     args = build_training_arguments(cfg["training_args"], resolve_path)
+    # Start the process group now: ZeRO-3 partitions parameters while the model is being built.
+    logger.info("rank %d of %d on %s", args.process_index, args.world_size, args.device)
+    if args.deepspeed and torch.distributed.is_initialized():
+        import deepspeed  # optional dependency, only needed with a DeepSpeed config
+
+        # Let DeepSpeed adopt the existing process group (on CPU, transformers does not do this).
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     set_seed(args.seed)
     built = build_model_and_tokenizer(model_args, args.model_max_length, resolve=resolve_path)
     if args.ddp_find_unused_parameters is None:
-        # Batches without input images leave tower and projector without gradients.
-        args.ddp_find_unused_parameters = any(
-            p.requires_grad
-            for n, p in built.model.named_parameters()
-            if n.startswith(tuple(MODULE_PREFIXES.values()))
-        )
+        # The trainer keeps every trainable parameter in each step's graph (see ILLUMETrainer).
+        args.ddp_find_unused_parameters = False
     tower = model_args["mm_vision_tower"]
     report = data_args.get("record_error_report") or Path(args.output_dir) / "malformed_records.jsonl"
     dataset = build_training_dataset(
