@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-from transformers import Qwen2Config
-
 from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
 from illume.model.vision_tower import load_vq_model_config
 from illume.vocab import IGNORE_INDEX, IMAGE_TOKEN_INDEX, ImageGrid
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import Qwen2Config
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_3B = REPO.parent / "shared" / "reference" / "manifests" / "illume_plus_qwen2_5_3b_config.json"
@@ -58,8 +57,12 @@ def tiny_shapes() -> dict:
     )  # fmt: skip
 
 
-def build_model(tiny: bool, dtype: torch.dtype, device: torch.device, max_pixels: int) -> IllumeQwen2ForCausalLM:
-    vq_config = REPO / ("configs/tiny/dualvitok_tiny.py" if tiny else "configs/example/dualvitok/dualvitok_anyres_max512.py")
+def build_model(
+    tiny: bool, dtype: torch.dtype, device: torch.device, max_pixels: int
+) -> IllumeQwen2ForCausalLM:
+    vq_config = REPO / (
+        "configs/tiny/dualvitok_tiny.py" if tiny else "configs/example/dualvitok/dualvitok_anyres_max512.py"
+    )
     shapes = tiny_shapes() if tiny else qwen25_3b_shapes()
     special = list(range(342, 349)) if tiny else SPECIAL_IDS
     config = ILLUMEQwen2Config(
@@ -91,7 +94,9 @@ def make_batch(model, batch_size: int, image_size: int, prompt_len: int, device:
     target = torch.randint(0, vocab, (batch_size, target_len), generator=generator)
     input_ids = torch.cat([prompt, target], dim=1)
     labels = torch.cat([torch.full_like(prompt, IGNORE_INDEX), target], dim=1)
-    images = [torch.rand(1, 3, image_size, image_size, generator=generator) * 2 - 1 for _ in range(batch_size)]
+    images = [
+        torch.rand(1, 3, image_size, image_size, generator=generator) * 2 - 1 for _ in range(batch_size)
+    ]
     positions = batch_size * (prompt_len - 1 + grid.num_tokens + target_len)
     return {
         "input_ids": input_ids.to(device),
@@ -135,14 +140,22 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tiny debug shapes on the CPU instead of 3B on CUDA")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny debug shapes on the CPU instead of 3B on CUDA"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="samples per step (default 4; tiny 2)")
-    parser.add_argument("--image-size", type=int, default=None, help="input/target side in px (default 512; tiny 64)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="input/target side in px (default 512; tiny 64)"
+    )
     parser.add_argument("--prompt-len", type=int, default=64, help="text tokens per prompt")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)"
+    )
     parser.add_argument("--device", default=None, help="default: cuda if present (cpu with --tiny)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
