@@ -26,7 +26,10 @@ def test_padding_and_attention_come_from_lengths_not_pad_id() -> None:
     batch = SupervisedCollator(PAD)([_item([1, PAD, 3, IMAGE_TOKEN_INDEX], images=1), _item([4, 5])])
     assert batch["input_ids"].tolist() == [[1, PAD, 3, IMAGE_TOKEN_INDEX], [4, 5, PAD, PAD]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, PAD, 3, IMAGE_TOKEN_INDEX], [IGNORE_INDEX, 5, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["labels"].tolist() == [
+        [IGNORE_INDEX, PAD, 3, IMAGE_TOKEN_INDEX],
+        [IGNORE_INDEX, 5, IGNORE_INDEX, IGNORE_INDEX],
+    ]
 
 
 def test_images_are_flattened_in_sample_order_with_dummies_for_imageless_samples() -> None:
