@@ -187,3 +187,11 @@ def test_lmms_eval_cli_runs_the_tiny_mme_task(
             expected_scores[metric].append(value)
     for metric, items in expected_scores.items():
         assert scores[f"{metric},none"] == pytest.approx(mme.aggregate_results(items))
+
+
+@pytest.mark.slow
+def test_launcher_adds_the_plugin_tasks(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "illume.eval.lmms_eval", "--tasks", "list"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert "mme_nopost" in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
