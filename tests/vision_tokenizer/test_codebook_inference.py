@@ -187,39 +187,43 @@ def test_fixed_anchors_grid_shapes(tmp_path):
     assert stats == {"ratio_h384_w512": 1}
 
 
-def test_resume_keeps_finished_work(dataset):
-    out = dataset.parent / "gen" / "jsonl_after_tokenizer" / "dualvitok"
-    work = out / "fixed_256_work" / "part0.jsonl.rank0of1.jsonl"
+def test_resume_keeps_finished_work(tmp_path):
+    meta, out = _single_dataset(tmp_path, [(300, 280), (256, 300), (280, 300)])
+    (meta.parent / "d" / "ann" / "y.jsonl").write_text(json.dumps({"images": ["0.png"]}) + "\n")
+    work = out / "dualvitok" / "fixed_256_work" / "x.jsonl.rank0of1.jsonl"
     work.parent.mkdir(parents=True)
     marker = {
-        "images": ["square.png"],
+        "images": ["0.png"],
         "image_sizes": [[1, 1]],
         "image_embed_inds": [[[[0]], [[0]]]],
         "matched_ratios": [[256, 256]],
     }
-    work.write_text(json.dumps({"position": 1, "record": marker}) + "\n" + '{"position": 3, "rec')
-    main(_args(dataset, "--resume"))
-    records = _lines(out / "fixed_256" / "part0.jsonl")
+    work.write_text(json.dumps({"position": 1, "record": marker}) + "\n" + '{"position": 2, "rec')
+    main(_args(meta, "--resume"))
+    records = _lines(out / "dualvitok" / "fixed_256" / "x.jsonl")
     assert records[0] == marker  # line 1 was not recomputed
-    assert len(records) == 3 and records[1]["image_sizes"] == [
-        [721, 720],
-        [493, 493],
-    ]  # cut-off line 3 redone
-    listing = out / "fixed_256" / "sub" / "list.jsonl"
-    listing.write_text(json.dumps({"kept": True, "matched_ratios": [[256, 256]]}) + "\n")
-    main(_args(dataset, "--resume"))
-    assert _lines(listing) == [
+    assert len(records) == 3 and records[1]["image_sizes"] == [[256, 300]]  # the cut-off line 2 was redone
+    finished = out / "dualvitok" / "fixed_256" / "y.jsonl"
+    finished.write_text(json.dumps({"kept": True, "matched_ratios": [[256, 256]]}) + "\n")
+    main(_args(meta, "--resume"))
+    assert _lines(finished) == [
         {"kept": True, "matched_ratios": [[256, 256]]}
     ]  # finished files are not redone
-    main(_args(dataset))
-    assert "kept" not in _lines(listing)[0]  # without --resume everything is recomputed
+    assert _lines(out / "dualvitok" / "fixed_256" / "x.jsonl")[0] == marker
+    main(_args(meta))
+    assert (
+        "kept" not in _lines(finished)[0] and _lines(out / "dualvitok" / "fixed_256" / "x.jsonl")[0] != marker
+    )
 
 
 @pytest.mark.distributed
-def test_two_ranks_match_one(dataset):
-    main(_args(dataset))
-    out = dataset.parent / "gen" / "jsonl_after_tokenizer" / "dualvitok"
+def test_two_ranks_match_one(tmp_path):
+    meta, out = _single_dataset(tmp_path, [(300, 280), (256, 300), (500, 480)])
+    with open(meta.parent / "d" / "ann" / "x.jsonl", "a") as handle:
+        handle.write("{broken\n" + json.dumps({"images": ["missing.png"]}) + "\n")
+    main(_args(meta))
     expected = {p.relative_to(out): p.read_text() for p in out.rglob("*.jsonl")}
+    assert len(_lines(out / "dualvitok" / "fixed_256_skipped.jsonl")) == 2
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(
         [
@@ -231,7 +235,7 @@ def test_two_ranks_match_one(dataset):
             "2",
             "-m",
             "vision_tokenizer.codebook_inference",
-            *_args(dataset, "--device", "cpu"),
+            *_args(meta, "--device", "cpu"),
         ],
         check=True,
         cwd=REPO_ROOT,

@@ -139,6 +139,13 @@ def _save_png(array: np.ndarray, path: str) -> None:
     Image.fromarray(array).save(path)
 
 
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return collate_images(items)
+    except ValueError as error:
+        raise ValueError(f"{error}. For validation images of different sizes pass --batch-size 1") from None
+
+
 def _usage_counts(indices: torch.Tensor, size: int) -> torch.Tensor:
     return torch.bincount(indices.reshape(-1).long().cpu(), minlength=size)
 
@@ -171,9 +178,7 @@ def evaluate(args: argparse.Namespace, ctx: DistContext) -> dict[str, Any] | Non
     batch_size = args.batch_size or int(cfg.data_args.get("per_proc_batch_size", 1))
     mine = list(range(ctx.rank, count, ctx.world_size))
     batches = [[(index, 0) for index in mine[i : i + batch_size]] for i in range(0, len(mine), batch_size)]
-    loader = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate_images, num_workers=args.num_workers
-    )
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=args.num_workers)
     with torch.inference_mode():
         for batch in tqdm(loader, disable=not ctx.is_main, desc="evaluate"):
             images = batch["image"].to(ctx.device, dtype=dtype)

@@ -99,6 +99,8 @@ class LPIPS(nn.Module):
         self, vgg_weights: str | None = None, lin_weights: str | None = None, pretrained: bool = True
     ) -> None:
         super().__init__()
+        if pretrained:
+            self._check_paths(vgg_weights, lin_weights)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
         self.net = VGG16Features()
@@ -112,8 +114,9 @@ class LPIPS(nn.Module):
     def train(self, mode: bool = True) -> LPIPS:
         return self
 
-    def load_pretrained(self, vgg_weights: str | None, lin_weights: str | None) -> None:
-        """Load torchvision VGG16 weights and the LPIPS heads from local files."""
+    @staticmethod
+    def _check_paths(vgg_weights: str | None, lin_weights: str | None) -> None:
+        """Fail before building VGG16 when a weight file is not given or does not exist."""
         for what, path, key in (
             (
                 "torchvision VGG16 ImageNet weights (vgg16-397923af.pth)",
@@ -129,6 +132,10 @@ class LPIPS(nn.Module):
                 )
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"LPIPS: vq_loss.{key} points to a missing file: {path}")
+
+    def load_pretrained(self, vgg_weights: str | None, lin_weights: str | None) -> None:
+        """Load torchvision VGG16 weights and the LPIPS heads from local files."""
+        self._check_paths(vgg_weights, lin_weights)
         vgg_state = load_state_dict_file(vgg_weights)
         features = {k: v for k, v in vgg_state.items() if k.startswith("features.")}
         self._load_subset(self.net, features, vgg_weights)

@@ -6,6 +6,9 @@ Official keys keep their meaning. Decisions where the official code is silent or
   `apply_weight_decay=True` to train with AdamW and the configured `weight_decay`.
 * `global_batch_size` is split over `world_size × gradient_accumulation_steps`; it must divide
   evenly (`per_proc_batch_size` is the evaluation batch size, as in the official scripts).
+* `finetune=True`: a training checkpoint given as `vq_ckpt` only provides the weights (fresh
+  optimizers, schedules and step); without it such a checkpoint resumes the run exactly.
+  `finetune_decoder=True` trains only `pixel_post_quant_conv` and `pixel_decoder`.
 * Keys that only concern unused official features are accepted and ignored: `no_local_save`,
   `aug_fade_steps` (DINO discriminator), `use_local_data`.
 
