@@ -100,6 +100,7 @@ def test_chat_limits(handlers: DemoHandlers, photo: Path, tmp_path: Path) -> Non
         _last(handlers.chat(None, QUESTION, None, max_new_tokens=0))
 
 
+@pytest.mark.slow
 def test_generate_is_seeded_and_decoders_differ_in_size(handlers: DemoHandlers, pipe: IllumePipeline) -> None:
     image = handlers.generate("a cat", "256x256", seed=7)
     expected = pipe.generate(["a cat"], resolution=(256, 256), seed=7)[0]
@@ -122,6 +123,7 @@ def test_sdxl_choice_without_decoder_is_refused(pipe: IllumePipeline) -> None:
         bare.generate("a cat", "256x256", decoder=DECODER_CHOICES[1])
 
 
+@pytest.mark.slow
 def test_edit_keeps_the_input_size(handlers: DemoHandlers, photo: Path) -> None:
     edited = handlers.edit(str(photo), "make it blue", "256x256", seed=3)
     assert edited.size == Image.open(photo).size
