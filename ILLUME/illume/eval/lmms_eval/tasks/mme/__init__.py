@@ -1,0 +1,1 @@
+"""MME task config of the plugin (`mme_nopost.yaml`) and its helpers."""
