@@ -88,4 +88,5 @@ training_args = dict(
     disable_tqdm=True,
     group_by_modality_length=False,
     use_cpu=True,
+    deepspeed=None,  # e.g. 'ILLUME/scripts/zero2.json'
 )

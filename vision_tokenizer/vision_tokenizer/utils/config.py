@@ -8,6 +8,7 @@ values are parsed as Python literals (never executed), so user strings cannot ru
 from __future__ import annotations
 
 import ast
+import difflib
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -57,18 +58,24 @@ def split_overrides(argv: Iterable[str]) -> tuple[list[str], dict[str, Any]]:
     return rest, overrides
 
 
+def _missing_key(node: Any, key: str, path: str, dotted: str) -> KeyError:
+    close = difflib.get_close_matches(key, [str(k) for k in node.keys()], n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return KeyError(f"config has no key {path!r} (override {dotted!r}){hint}")
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """Set dotted keys in place; a key whose parent does not exist is an error (typo guard)."""
+    """Set dotted keys in place. Every key on the path must already exist, so a typo fails loudly
+    instead of silently adding an unused key (declare optional keys in the config, even as None)."""
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
+        parts = dotted.split(".")
         node: Any = cfg
-        walked = []
-        for part in parents:
-            walked.append(part)
-            if part not in node:
-                raise KeyError(f"config has no key {'.'.join(walked)!r} (override {dotted!r})")
-            node = node[part]
-        node[leaf] = value
+        for depth, part in enumerate(parts):
+            if not hasattr(node, "keys") or part not in node:
+                raise _missing_key(node if hasattr(node, "keys") else {}, part, ".".join(parts[: depth + 1]), dotted)
+            if depth < len(parts) - 1:
+                node = node[part]
+        node[parts[-1]] = value
     return cfg
 
 
