@@ -160,6 +160,11 @@ def test_override_with_a_typo_in_the_key_path_raises() -> None:
         load_config(ANYRES, ["--vq_model.confg.pixel_drop_rate=0.2"])
 
 
+def test_override_with_a_typo_in_the_last_key_raises_with_a_suggestion() -> None:
+    with pytest.raises(KeyError, match="did you mean pixel_drop_rate"):
+        load_config(ANYRES, ["--vq_model.config.pixel_drop_ratee=0.2"])
+
+
 def test_override_value_is_never_executed() -> None:
     cfg = load_config(ANYRES, ["--data_args.val.data_path=__import__('os').getcwd()"])
     assert cfg.data_args.val.data_path == "__import__('os').getcwd()"
