@@ -1,34 +1,47 @@
-"""`dualvitok` command line: thin sub-commands over the DualViTok API and `data.image_io`.
+"""`dualvitok` command line: thin sub-commands over the DualViTok API, its SDXL decoder and its tools.
 
     dualvitok reconstruct IMAGES_OR_FOLDER... --config CFG [--checkpoint CKPT] --out DIR
+                          [--sdxl-decoder DIR [--sdxl-steps N] [--sdxl-guidance G] [--sdxl-upsample]]
+    dualvitok train | evaluate | codebook-inference | train-sdxl-decoder ARGS...
 
-Each sub-command registers itself in `_SUBCOMMANDS` with a function that adds its arguments and
-a handler that returns the process exit code, so later commands (train, evaluate, codebook
-inference) slot in next to `reconstruct` without touching the others.
+`reconstruct` is implemented here. The other sub-commands hand their arguments unchanged to the
+`main(argv)` of the module that owns them, so each keeps a single argument parser and
+`dualvitok train ...` behaves exactly like `python -m vision_tokenizer.train ...`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from vision_tokenizer.data.image_io import ImageLoadError, image_to_tensor, load_image, psnr, tensor_to_image
+from vision_tokenizer.data.transforms import cover_resize_center_crop
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from vision_tokenizer.sdxl import DualViTokSDXLDecoderPipeline
+
+__all__ = ["main", "build_parser", "sdxl_token_size"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_MAX_PIXELS = 512 * 512
+DEFAULT_MIN_PIXELS = 32 * 32
+DEFAULT_SDXL_STEPS = 20  # as the official reconstruction evaluation and demo
+DEFAULT_SDXL_GUIDANCE = 2.0  # as the official reconstruction evaluation
 
 
 # ----------------------------------------------------------------------------------- shared helpers
@@ -103,7 +116,7 @@ def collect_images(inputs: Iterable[str], exclude: Path | None = None) -> tuple[
     return found, missing
 
 
-# ------------------------------------------------------------------------------------- reconstruct
+# ------------------------------------------------------------------------------ input preparation
 
 
 @dataclass
@@ -113,7 +126,124 @@ class _Item:
     path: Path
     name: str
     original_size: tuple[int, int]
-    tensor: torch.Tensor  # [1, 3, H, W] in [-1, 1]
+    tensor: torch.Tensor  # [1, 3, H, W] in [-1, 1]: what the tokenizer encodes
+    reference: Image.Image  # the input at the output size: what the PSNR compares the output with
+
+
+def _prepare_for_tokenizer(min_pixels: int, max_pixels: int) -> Callable[[Image.Image], tuple[torch.Tensor, Image.Image]]:
+    """DualViTok decoding: smart-resize within the pixel budget; the output has the input's size."""
+
+    def prepare(img: Image.Image) -> tuple[torch.Tensor, Image.Image]:
+        tensor = image_to_tensor(img, min_pixels=min_pixels, max_pixels=max_pixels)
+        return tensor, tensor_to_image(tensor)
+
+    return prepare
+
+
+def _sdxl_sizes_within(min_pixels: int | None, max_pixels: int | None) -> list[tuple[int, int]]:
+    """Decoder sizes (W, H) whose token size (half of it) has an area within the bounds; never empty."""
+    from vision_tokenizer.sdxl.resolutions import DECODER_SIZES
+
+    low, high = min_pixels or 0, max_pixels or math.inf
+    allowed = [(w, h) for w, h in DECODER_SIZES if low <= (w // 2) * (h // 2) <= high]
+    if not allowed:
+        sizes = ", ".join(f"{h // 2}x{w // 2}" for w, h in DECODER_SIZES)
+        bounds = " and ".join(f"{flag} {value}" for flag, value in (("--min-pixels", min_pixels),
+                                                                   ("--max-pixels", max_pixels)) if value)
+        raise ValueError(
+            f"no SDXL decoder token size fits {bounds}; the decoder renders twice these token sizes "
+            f"(height x width, area = height * width): {sizes}"
+        )
+    return allowed
+
+
+def sdxl_token_size(height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[int, int]:
+    """Tokenizer input (H, W) for an image decoded by the SDXL decoder: half of one of its 12 sizes.
+
+    The decoder renders only its trained sizes, at twice the token resolution, so the image is
+    tokenized at half the decoder size with the closest aspect ratio (for 1:1, 512x512 tokens when
+    the image is that large, else 256x256). `min_pixels` / `max_pixels` bound the token area; a
+    ValueError lists the token sizes when none is left.
+    """
+    from vision_tokenizer.sdxl.resolutions import nearest_decoder_size
+
+    decoder_w, decoder_h = nearest_decoder_size(2 * height, 2 * width, _sdxl_sizes_within(min_pixels, max_pixels))
+    return decoder_h // 2, decoder_w // 2
+
+
+def _prepare_for_sdxl(
+    min_pixels: int | None, max_pixels: int | None, upsample: bool
+) -> Callable[[Image.Image], tuple[torch.Tensor, Image.Image]]:
+    """SDXL decoding: cover-resize and centre-crop to the token size; the reference at the output size."""
+
+    def prepare(img: Image.Image) -> tuple[torch.Tensor, Image.Image]:
+        height, width = sdxl_token_size(img.height, img.width, min_pixels, max_pixels)
+        tokens_input = cover_resize_center_crop(img, height, width)
+        tensor = image_to_tensor(tokens_input, min_pixels=height * width, max_pixels=height * width)
+        reference = cover_resize_center_crop(img, 2 * height, 2 * width) if upsample else tokens_input
+        return tensor, reference
+
+    return prepare
+
+
+# ------------------------------------------------------------------------------------------ decoders
+
+
+@dataclass
+class _TokenizerDecoder:
+    """Codes -> images with DualViTok's own pixel decoder (output size = input size)."""
+
+    model: torch.nn.Module
+
+    def __call__(self, semantic: torch.Tensor, pixel: torch.Tensor, size: tuple[int, int]) -> list[Image.Image]:
+        decoded = self.model.decode_code(semantic, pixel).float().cpu()
+        return [tensor_to_image(image) for image in decoded]
+
+
+@dataclass
+class _SDXLDecoder:
+    """Codes -> images with the SDXL decoder at twice the token size, optionally resized back.
+
+    Every image gets its own generator seeded with `seed`, so its noise (and result) does not
+    depend on which other images share its batch.
+    """
+
+    pipe: DualViTokSDXLDecoderPipeline
+    steps: int
+    guidance: float
+    upsample: bool
+    seed: int
+
+    def __call__(self, semantic: torch.Tensor, pixel: torch.Tensor, size: tuple[int, int]) -> list[Image.Image]:
+        height, width = size
+        generators = [torch.Generator().manual_seed(self.seed) for _ in range(semantic.shape[0])]
+        images = self.pipe(
+            vq_indices=(semantic, pixel), height=2 * height, width=2 * width, num_inference_steps=self.steps,
+            guidance_scale=self.guidance, generator=generators,
+        ).images
+        if self.upsample:
+            return images
+        return [image.resize((width, height), Image.Resampling.BICUBIC) for image in images]
+
+
+def load_sdxl_decoder(path: str, model: torch.nn.Module, device: torch.device) -> DualViTokSDXLDecoderPipeline:
+    """The decoder pipeline around `model`, checked against its code-map width before any image runs."""
+    try:
+        from vision_tokenizer.sdxl import DualViTokSDXLDecoderPipeline
+        from vision_tokenizer.sdxl.conditioning import check_decoder_unet, code_map_channels
+    except ImportError as err:
+        raise SystemExit(f"error: --sdxl-decoder needs the decoder extra ({err}); pip install diffusers") from None
+    try:
+        pipe = DualViTokSDXLDecoderPipeline.from_pretrained(path, dualvitok=model)
+        check_decoder_unet(pipe.unet, pipe.vae.config.latent_channels, code_map_channels(model))
+    except (OSError, ValueError) as err:
+        where = "" if Path(path).is_dir() else " (no such folder)"
+        raise SystemExit(f"error: cannot use the SDXL decoder {path}{where}: {err}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# ------------------------------------------------------------------------------------- reconstruct
 
 
 @dataclass
@@ -163,20 +293,44 @@ def _save_codes(out_dir: Path, item: _Item, semantic: np.ndarray, pixel: np.ndar
     return out
 
 
-def _reconstruct_batch(model, batch: list[_Item], device: torch.device, dtype: torch.dtype):
+def _reconstruct_batch(model, decoder, batch: list[_Item], device: torch.device, dtype: torch.dtype):
     images = torch.cat([item.tensor for item in batch]).to(device)
     with torch.inference_mode(), autocast_context(device, dtype):
         semantic, pixel = model.encode_code(images)
-        decoded = model.decode_code(semantic, pixel)
-    return semantic.cpu().numpy(), pixel.cpu().numpy(), decoded.float().cpu()
+        outputs = decoder(semantic, pixel, tuple(images.shape[-2:]))
+    return semantic.cpu().numpy(), pixel.cpu().numpy(), outputs
+
+
+def _check_reconstruct_args(args: argparse.Namespace) -> None:
+    """Reject contradictory flags; fill the defaults that depend on the decoder."""
+    if args.use_ema and args.checkpoint is None:
+        raise SystemExit("error: --use-ema needs --checkpoint")
+    if args.sdxl_decoder is None:
+        sdxl_only = {"--sdxl-steps": args.sdxl_steps is not None, "--sdxl-guidance": args.sdxl_guidance is not None,
+                     "--sdxl-upsample": args.sdxl_upsample}
+        given = [flag for flag, present in sdxl_only.items() if present]
+        if given:
+            raise SystemExit(f"error: {', '.join(given)} only apply with --sdxl-decoder")
+        args.min_pixels = args.min_pixels or DEFAULT_MIN_PIXELS
+        args.max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    else:
+        args.sdxl_steps = args.sdxl_steps or DEFAULT_SDXL_STEPS
+        args.sdxl_guidance = DEFAULT_SDXL_GUIDANCE if args.sdxl_guidance is None else args.sdxl_guidance
+    if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
+        raise SystemExit(f"error: --min-pixels {args.min_pixels} is larger than --max-pixels {args.max_pixels}")
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
-    if args.use_ema and args.checkpoint is None:
-        raise SystemExit("error: --use-ema needs --checkpoint")
-    if args.min_pixels > args.max_pixels:
-        raise SystemExit(f"error: --min-pixels {args.min_pixels} is larger than --max-pixels {args.max_pixels}")
+    _check_reconstruct_args(args)
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
+    if args.sdxl_decoder is None:
+        prepare = _prepare_for_tokenizer(args.min_pixels, args.max_pixels)
+    else:
+        try:
+            _sdxl_sizes_within(args.min_pixels, args.max_pixels)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        prepare = _prepare_for_sdxl(args.min_pixels, args.max_pixels, args.sdxl_upsample)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths, report_missing = collect_images(args.inputs, exclude=out_dir)
@@ -191,6 +345,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         model = load_model(args.config, args.checkpoint, args.use_ema, args.seed).to(device)
     except (OSError, ValueError) as err:  # unreadable config/checkpoint, or a checkpoint of another model
         raise SystemExit(f"error: cannot build the model: {err}") from None
+    if args.sdxl_decoder is None:
+        decoder = _TokenizerDecoder(model)
+    else:
+        pipe = load_sdxl_decoder(args.sdxl_decoder, model, device)
+        decoder = _SDXLDecoder(pipe, args.sdxl_steps, args.sdxl_guidance, args.sdxl_upsample, args.seed)
 
     def load_all() -> Iterator[_Item | tuple[Path, str]]:
         for path, name in zip(paths, _unique_names(paths)):
@@ -199,8 +358,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             except ImageLoadError as err:
                 yield path, err.reason
                 continue
-            tensor = image_to_tensor(img, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-            yield _Item(path, name, (img.height, img.width), tensor)
+            tensor, reference = prepare(img)
+            yield _Item(path, name, (img.height, img.width), tensor, reference)
 
     with tqdm(total=len(paths), desc="reconstruct", unit="img", file=sys.stderr) as bar:
         for batch in _batches(load_all(), args.batch_size):
@@ -210,15 +369,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                 tqdm.write(f"error: {path}: {reason}", file=sys.stderr)
                 bar.update(1)
                 continue
-            _process_batch(model, batch, device, dtype, out_dir, args.codes_format, report)
+            _process_batch(model, decoder, batch, device, dtype, out_dir, args.codes_format, report)
             bar.update(len(batch))
 
     return _finish(report, out_dir, args)
 
 
-def _process_batch(model, batch: list[_Item], device, dtype, out_dir: Path, codes_format: str, report: _Report) -> None:
+def _process_batch(model, decoder, batch: list[_Item], device, dtype, out_dir: Path, codes_format: str,
+                   report: _Report) -> None:
     try:
-        semantic, pixel, decoded = _reconstruct_batch(model, batch, device, dtype)
+        semantic, pixel, outputs = _reconstruct_batch(model, decoder, batch, device, dtype)
     except torch.OutOfMemoryError:
         height, width = batch[0].tensor.shape[-2:]
         for item in batch:
@@ -226,30 +386,37 @@ def _process_batch(model, batch: list[_Item], device, dtype, out_dir: Path, code
             tqdm.write(f"error: {item.path}: {report.failures[str(item.path)]}", file=sys.stderr)
         return
     for i, item in enumerate(batch):
-        recon = tensor_to_image(decoded[i])
+        recon = outputs[i]
         recon_path = out_dir / f"{item.name}.png"
         recon.save(recon_path)
         codes_path = _save_codes(out_dir, item, semantic[i], pixel[i], codes_format)
-        value = psnr(tensor_to_image(item.tensor), recon)
+        value = psnr(item.reference, recon)
         report.results[item.name] = {
             "image": str(item.path), "original_size": list(item.original_size),
-            "size": list(item.tensor.shape[-2:]), "semantic_grid": list(semantic[i].shape),
-            "pixel_grid": list(pixel[i].shape), "psnr": value if math.isfinite(value) else None,
+            "size": list(item.tensor.shape[-2:]), "output_size": [recon.height, recon.width],
+            "semantic_grid": list(semantic[i].shape), "pixel_grid": list(pixel[i].shape),
+            "psnr": value if math.isfinite(value) else None,
             "reconstruction": recon_path.name, "codes": codes_path.name,
         }
         height, width = item.tensor.shape[-2:]
-        tqdm.write(f"{item.path}: {height}x{width}, PSNR {value:.2f} dB")
+        tqdm.write(f"{item.path}: {height}x{width} -> {recon.height}x{recon.width}, PSNR {value:.2f} dB")
 
 
 def _finish(report: _Report, out_dir: Path, args: argparse.Namespace) -> int:
     values = [r["psnr"] for r in report.results.values() if r["psnr"] is not None]
     mean = float(np.mean(values)) if values else None
+    sdxl = args.sdxl_decoder is not None
     metrics = {
         "config": args.config, "checkpoint": args.checkpoint, "use_ema": args.use_ema, "dtype": args.dtype,
-        "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "psnr_reference": "resized input",
+        "min_pixels": args.min_pixels, "max_pixels": args.max_pixels,
+        "decoder": "sdxl" if sdxl else "dualvitok",
+        "psnr_reference": "input resized (cover + centre crop) to the output size" if sdxl else "resized input",
         "mean_psnr": mean, "num_images": len(report.results), "images": report.results,
         "failed": report.failures,
     }
+    if sdxl:
+        metrics["sdxl"] = {"decoder": args.sdxl_decoder, "steps": args.sdxl_steps, "guidance": args.sdxl_guidance,
+                           "upsample": args.sdxl_upsample, "seed": args.seed}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     summary = f"mean PSNR {mean:.2f} dB over {len(report.results)} image(s)" if mean is not None else "no image reconstructed"
     print(f"{summary}; {len(report.failures)} failed; results in {out_dir}")
@@ -259,11 +426,16 @@ def _finish(report: _Report, out_dir: Path, args: argparse.Namespace) -> int:
 def _add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reconstruct",
-        help="encode images to DualViTok codes and decode them back",
+        help="encode images to DualViTok codes and decode them back (DualViTok or SDXL decoder)",
         description="Tokenize images with DualViTok and decode the codes. For every image, writes "
         "DIR/<name>.png (reconstruction) and DIR/<name>.codes.json|.npz (semantic and pixel index "
-        "grids), prints the PSNR against the resized input and saves all PSNRs (and their mean) to "
-        "DIR/metrics.json. Unreadable images are reported and skipped; the exit code is 1 if any failed.",
+        "grids), prints the PSNR against the input resized to the output size and saves all PSNRs "
+        "(and their mean) to DIR/metrics.json. Unreadable images are reported and skipped; the exit "
+        "code is 1 if any failed. With --sdxl-decoder the codes are decoded by the SDXL diffusion "
+        "decoder, which renders only its 12 trained sizes at twice the token resolution: each image is "
+        "resized to cover, and centre-cropped to, half the decoder size closest to its aspect ratio "
+        "(token sizes HxW: 512x512, 512x384, 384x512, 1024x256, 256x1024, 960x320, 320x960, 768x384, "
+        "384x768, 576x384, 384x576, 256x256).",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER",
                         help="image files and/or folders (searched recursively for image files)")
@@ -279,35 +451,93 @@ def _add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
                         help="compute precision (default %(default)s); bf16/fp16 use autocast, weights stay float32")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default="auto",
                         help="where to run (default %(default)s: cuda, else npu, else cpu)")
-    parser.add_argument("--max-pixels", type=positive_int, default=512 * 512, metavar="N",
-                        help="largest model input area: bigger images are downscaled, aspect kept, sides "
-                        "multiples of 16 (default %(default)s = 512x512)")
-    parser.add_argument("--min-pixels", type=positive_int, default=32 * 32, metavar="N",
-                        help="smallest model input area: smaller images are upscaled (default %(default)s)")
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                        help=f"largest model input area: bigger images are downscaled, aspect kept, sides "
+                        f"multiples of 16 (default {DEFAULT_MAX_PIXELS} = 512x512). With --sdxl-decoder: "
+                        "only token sizes of at most N pixels are used (default: all)")
+    parser.add_argument("--min-pixels", type=positive_int, default=None, metavar="N",
+                        help=f"smallest model input area: smaller images are upscaled (default {DEFAULT_MIN_PIXELS}). "
+                        "With --sdxl-decoder: only token sizes of at least N pixels are used (default: all)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                         help="images of equal (resized) size are encoded together in batches of up to N "
                         "(default %(default)s)")
     parser.add_argument("--codes-format", choices=["json", "npz"], default="json",
                         help="file format of the code index grids (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
-                        help="seed of the random initialisation used without --checkpoint (default %(default)s)")
+                        help="seed of the random initialisation used without --checkpoint, and of each "
+                        "image's SDXL decoder noise (default %(default)s)")
+    sdxl = parser.add_argument_group("SDXL diffusion decoder")
+    sdxl.add_argument("--sdxl-decoder", metavar="DIR",
+                      help="decode with the SDXL decoder in this diffusers folder (model_index.json, unet/, "
+                      "vae/, scheduler/; e.g. dualvitok-sdxl-decoder) instead of DualViTok's pixel decoder; "
+                      "needs diffusers. The output is resized back to the token size unless --sdxl-upsample; "
+                      "PSNR compares it with the input resized to the output size")
+    sdxl.add_argument("--sdxl-steps", type=positive_int, default=None, metavar="N",
+                      help=f"denoising steps (default {DEFAULT_SDXL_STEPS})")
+    sdxl.add_argument("--sdxl-guidance", type=float, default=None, metavar="G",
+                      help=f"classifier-free guidance scale against an all-zero code map; 1 or less turns it "
+                      f"off (default {DEFAULT_SDXL_GUIDANCE})")
+    sdxl.add_argument("--sdxl-upsample", action="store_true",
+                      help="keep the decoder output at twice the token size (2x super-resolution)")
     parser.set_defaults(handler=run_reconstruct)
+
+
+# ------------------------------------------------------------------------- forwarded sub-commands
+
+
+@dataclass(frozen=True)
+class _Forwarded:
+    """A sub-command whose arguments go unchanged to `<module>.main(argv)`."""
+
+    name: str
+    module: str
+    summary: str
+
+
+_FORWARDED = (
+    _Forwarded("train", "vision_tokenizer.train",
+               "train or fine-tune DualViTok: CONFIG [--resume] [--a.b=value ...] (torchrun for several processes)"),
+    _Forwarded("evaluate", "vision_tokenizer.evaluate",
+               "reconstruct a validation set: PSNR, SSIM, rFID, codebook usage (CONFIG --vq-ckpt CKPT ...)"),
+    _Forwarded("codebook-inference", "vision_tokenizer.codebook_inference",
+               "add DualViTok code grids to MLLM annotation files (--model_config ... --data_config ...)"),
+    _Forwarded("train-sdxl-decoder", "vision_tokenizer.sdxl.train",
+               "train the SDXL diffusion decoder on DualViTok codes: CONFIG [--section.key=value ...]"),
+)
+
+
+def _forward(module: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        importlib.import_module(module).main(args.args)
+        return 0
+
+    return handler
+
+
+def _add_forwarded(subparsers: argparse._SubParsersAction) -> None:
+    for command in _FORWARDED:
+        # No option prefixes: every item, --help included, is passed through to the module's own parser.
+        parser = subparsers.add_parser(command.name, help=command.summary, add_help=False, prefix_chars="\0")
+        parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+        parser.set_defaults(handler=_forward(command.module))
 
 
 # ------------------------------------------------------------------------------------------- entry
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reconstruct]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reconstruct, _add_forwarded]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dualvitok", description="DualViTok image tokenizer tools.")
+    parser = argparse.ArgumentParser(
+        prog="dualvitok", description="DualViTok image tokenizer tools. `dualvitok COMMAND --help` shows a "
+        "command's options.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dualvitok` console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
     return args.handler(args)
