@@ -30,7 +30,9 @@ extras = {
     "flash": ["flash-attn>=2.6"],
     "deepspeed": ["deepspeed>=0.15"],
 }
-extras["all"] = sorted({dep for name in ("dev", "train", "eval", "decoder", "demo") for dep in extras[name]})
+# `eval` stays out of `all`: torch-fidelity needs torchvision, which would replace a CPU torch with a
+# CUDA build; install it next to the torch you have (`pip install -e ".[eval]"`).
+extras["all"] = sorted({dep for name in ("dev", "train", "decoder", "demo") for dep in extras[name]})
 
 setup(
     name="illume-plus",
