@@ -190,3 +190,67 @@ def test_tower_in_another_precision_than_the_llm(model) -> None:
         full = model(input_ids=ids, images=[image]).logits
     assert low.dtype == torch.bfloat16
     assert torch.corrcoef(torch.stack([low.float().flatten(), full.flatten()]))[0, 1] > 0.99
+
+
+def _call_order(model, run) -> list[str]:
+    """Names of the top-level modules (tower, projector, embeddings, first decoder layer) as they run."""
+    watched = {
+        "tower": model.model.vision_tower,
+        "projector": model.model.mm_projector,
+        "embed": model.model.embed_tokens,
+        "decoder": model.model.layers[0],
+    }
+    order: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda *_, n=n: order.append(n)) for n, m in watched.items()]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+@pytest.mark.parametrize("placeholder", [False, True])
+def test_image_less_training_step_runs_the_tower_like_an_image_step(model, placeholder: bool) -> None:
+    """Ranks must run the same modules in the same order (ZeRO-3) and grad every parameter (DDP)."""
+    trainee = copy.deepcopy(model).train()
+    ids = torch.tensor([[321, 50, 51, 52]])
+    images = [torch.zeros(1, 3, 32, 32)] if placeholder else None
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids.clone()).loss
+
+    outputs = []
+    order = _call_order(
+        trainee, lambda: outputs.append(trainee(input_ids=ids, labels=ids.clone(), images=images))
+    )
+    image_order = _call_order(
+        trainee,
+        lambda: trainee(input_ids=torch.tensor([[321, IMAGE_TOKEN_INDEX, 50]]), images=[_image(32, 32, 8)]),
+    )
+    assert order == image_order == ["tower", "projector", "embed", "embed", "decoder"]
+    loss = outputs[0].loss
+    assert torch.equal(loss.detach(), expected)  # the idle term adds exactly zero
+    loss.backward()
+    for name, param in trainee.named_parameters():
+        assert param.grad is not None, name
+        if name.startswith(("model.vision_tower.", "model.mm_projector.")):
+            assert param.grad.abs().sum() == 0, name
+
+
+def test_idle_tower_input_is_the_smallest_image(model) -> None:
+    tower = model.model.vision_tower
+    out = tower.encode_placeholder()
+    assert out.grids == [ImageGrid((1, 1), (1, 2))]
+    assert [t.shape[0] for t in out.semantic + out.pixel] == [1, 2]
+    assert model.model.idle_vision_term().item() == 0.0
+
+
+def test_inference_never_runs_the_idle_tower(model) -> None:
+    ids = torch.tensor([[321, 50, 51]])
+    trainee = copy.deepcopy(model).train()
+    with torch.no_grad():
+        assert _call_order(trainee, lambda: trainee(input_ids=ids)) == ["embed", "decoder"]
+    assert _call_order(model, lambda: model(input_ids=ids)) == ["embed", "decoder"]  # eval mode
+    assert (
+        _call_order(model, lambda: model.generate(ids, max_new_tokens=2, do_sample=False)).count("tower") == 0
+    )

@@ -24,7 +24,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from illume.model.configuration_illume import ILLUMEQwen2Config
 from illume.model.projector import MixedProjector
-from illume.model.vision_tower import DualVisionTower
+from illume.model.vision_tower import DualVisionTower, TowerOutput
 from illume.vocab import IGNORE_INDEX, IMAGE_TOKEN_INDEX, SPECIAL_IMAGE_TOKENS, image_block_layout
 
 __all__ = ["MultimodalInputs", "IllumeQwen2PreTrainedModel", "IllumeQwen2Model", "IllumeQwen2ForCausalLM"]
@@ -83,24 +83,45 @@ class IllumeQwen2Model(IllumeQwen2PreTrainedModel, Qwen2Model):
     def has_vision(self) -> bool:
         return hasattr(self, "vision_tower")
 
-    def _special_embeddings(self) -> torch.Tensor:
+    def _special_embeddings(self, device: torch.device) -> torch.Tensor:
         ids = self.config.special_tokens_ids
         if ids is None:
             raise ValueError(
                 "config.special_tokens_ids is not set; it must hold the ids of "
                 f"{list(SPECIAL_IMAGE_TOKENS)} (see illume.vocab.ImageVocabulary.special_tokens_ids)"
             )
-        return self.embed_tokens(torch.tensor(ids, device=self.embed_tokens.weight.device))
+        return self.embed_tokens(torch.tensor(ids, device=device))
 
     def encode_images(self, images: ImageList) -> list[torch.Tensor]:
         """One embedding block (N_k, H) per image: special-token embeddings and projected features."""
         if not self.has_vision:
             raise ValueError("this model has no vision tower (config.mm_vision_tower is None)")
-        tower = self.vision_tower(_image_list(images))
-        dtype = self.mm_projector.projector_1[0].weight.dtype  # the tower may run in another precision
-        projected = self.mm_projector([torch.cat(tower.semantic).to(dtype), torch.cat(tower.pixel).to(dtype)])
+        return self._image_blocks(self.vision_tower(_image_list(images)))
+
+    @property
+    def runs_idle_vision(self) -> bool:
+        """Whether a forward without input images must still run the tower and projector.
+
+        In training, data-parallel ranks must run the same modules every step: DDP and ZeRO-2
+        expect a gradient for every trainable parameter, and ZeRO-3 gathers parameters in
+        forward hooks, collectively. Evaluation and generation never pay for it.
+        """
+        return self.has_vision and self.training and torch.is_grad_enabled()
+
+    def idle_vision_term(self) -> torch.Tensor:
+        """0 × the sum of the tower's and projector's output on the smallest image, a 0-d tensor.
+
+        Adding it to the inputs of the decoder gives every tower/projector parameter a zero
+        gradient and runs their modules in the same order as a real image would (before the
+        decoder), at the cost of one 16 × 32 image instead of the official 256² dummy per sample.
+        """
+        (block,) = self._image_blocks(self.vision_tower.encode_placeholder())
+        return block.sum() * 0.0
+
+    def _image_blocks(self, tower: TowerOutput) -> list[torch.Tensor]:
+        projected = self.mm_projector([torch.cat(tower.semantic), torch.cat(tower.pixel)])
         num_semantic = sum(g.num_semantic for g in tower.grids)
-        special = self._special_embeddings()
+        special = self._special_embeddings(projected.device)
         # Rows of `table`: the special embeddings, then every image's semantic rows, then pixel rows.
         table = torch.cat([special, projected.to(special.dtype)])
         offsets = torch.tensor([len(special), len(special) + num_semantic])
@@ -146,6 +167,7 @@ class IllumeQwen2Model(IllumeQwen2PreTrainedModel, Qwen2Model):
         marker_image = first_image[:, None] + is_marker.long().cumsum(1) - 1
         used = marker_image[is_marker].tolist()
         blocks = self.encode_images([images[i] for i in used]) if used else []
+        idle = self.idle_vision_term() if not used and self.runs_idle_vision else None
 
         # Span of every input position in the merged sequence: 1 per text token, N_k per sentinel.
         span = real.long()
@@ -175,7 +197,7 @@ class IllumeQwen2Model(IllumeQwen2PreTrainedModel, Qwen2Model):
             within = torch.arange(int(sizes.sum()), device=device) - (
                 sizes.cumsum(0) - sizes
             ).repeat_interleave(sizes)
-            sources.append(torch.cat(blocks).to(embed.weight.dtype))
+            sources.append(torch.cat(blocks).to(sources[0].dtype))
             dest_rows.append(block_rows)
             dest_pos.append(start[is_marker].repeat_interleave(sizes) + within)
         src = torch.cat(sources)
@@ -186,6 +208,8 @@ class IllumeQwen2Model(IllumeQwen2PreTrainedModel, Qwen2Model):
         inputs_embeds = (
             src.new_zeros(batch * total, hidden).index_copy(0, flat, src[keep]).view(batch, total, hidden)
         )
+        if idle is not None:
+            inputs_embeds = inputs_embeds + idle.to(inputs_embeds.dtype)
 
         slots = torch.arange(total, device=device)[None, :] - pad_before[:, None]
         new_mask = (slots >= 0) & (slots < merged_len[:, None])
@@ -293,6 +317,11 @@ class IllumeQwen2ForCausalLM(IllumeQwen2PreTrainedModel, GenerationMixin):
             input_ids = None
             inputs_embeds, attention_mask = merged.inputs_embeds, merged.attention_mask
             position_ids, labels = merged.position_ids, merged.labels
+        elif self.model.runs_idle_vision:
+            idle = self.model.idle_vision_term()
+            if inputs_embeds is None:
+                inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
+            inputs_embeds = inputs_embeds + idle.to(inputs_embeds.dtype)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

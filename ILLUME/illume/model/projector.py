@@ -44,5 +44,16 @@ class MixedProjector(nn.Module):
         self.projector_2 = build_mlp_projector(spec.get("projector_cfg2", {}), in_features[1], hidden_size)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Features arrive in the tower's precision and are cast to the projector's."""
         semantic, pixel = features
-        return torch.cat([self.projector_1(semantic), self.projector_2(pixel)], dim=-2)
+        dtype = _parameter_dtype(self)
+        return torch.cat([self.projector_1(semantic.to(dtype)), self.projector_2(pixel.to(dtype))], dim=-2)
+
+
+def _parameter_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of `module`'s first parameter, read without `module.<name>.weight`.
+
+    Under DeepSpeed ZeRO-3 that attribute access gathers the partitioned weight on the spot;
+    iterating `parameters()` only reads the (still correct) dtype of the local shard.
+    """
+    return next(module.parameters()).dtype

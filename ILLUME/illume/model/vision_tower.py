@@ -123,7 +123,9 @@ class DualVisionTower(nn.Module):
         """Feature sizes [semantic, pixel] (3584 and 32 for the released model)."""
         return [self.semantic_encoder.config.hidden_size, self.pixel_encoder.config.z_channels]
 
-    def _check_images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _check_images(
+        self, images: torch.Tensor | Sequence[torch.Tensor], enforce_pixel_limits: bool
+    ) -> list[torch.Tensor]:
         batch = (
             list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
         )
@@ -136,7 +138,7 @@ class DualVisionTower(nn.Module):
             height, width = image.shape[-2:]
             if height % PIXEL_PATCH or width % PIXEL_PATCH:
                 raise ValueError(f"image {i}: size {height}x{width} is not a multiple of {PIXEL_PATCH}")
-            if not self.min_pixels <= height * width <= self.max_pixels:
+            if enforce_pixel_limits and not self.min_pixels <= height * width <= self.max_pixels:
                 raise ValueError(
                     f"image {i}: {height}x{width} = {height * width} pixels is outside the tower's "
                     f"[{self.min_pixels}, {self.max_pixels}]; resize it first "
@@ -155,10 +157,19 @@ class DualVisionTower(nn.Module):
             maps = [self.pixel_encoder(img)[0] for img in images]
         return [m.flatten(1).transpose(0, 1) for m in maps]
 
-    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> TowerOutput:
-        """Encode [-1, 1] images (a [B,3,H,W] tensor or a list of [1,3,H,W] tensors of any sizes)."""
-        weight = self.pixel_encoder.conv_in.weight
-        batch = [img.to(device=weight.device, dtype=weight.dtype) for img in self._check_images(images)]
+    def forward(
+        self, images: torch.Tensor | Sequence[torch.Tensor], *, enforce_pixel_limits: bool = True
+    ) -> TowerOutput:
+        """Encode [-1, 1] images (a [B,3,H,W] tensor or a list of [1,3,H,W] tensors of any sizes).
+
+        `enforce_pixel_limits=False` admits images outside [min_pixels, max_pixels] (only the
+        training placeholder needs that); sides must still be multiples of 16.
+        """
+        weight = next(self.pixel_encoder.parameters())  # `.conv_in.weight` would gather under ZeRO-3
+        batch = [
+            img.to(device=weight.device, dtype=weight.dtype)
+            for img in self._check_images(images, enforce_pixel_limits)
+        ]
         patches, grid_thw = prepare_vit_input(batch)
         rows = vit_features(self.semantic_encoder, patches.to(weight.dtype), grid_thw)
         sem_grids = [(h // self.merge_size, w // self.merge_size) for h, w in grid_thw[:, 1:].tolist()]
@@ -169,6 +180,17 @@ class DualVisionTower(nn.Module):
             for sem, img in zip(sem_grids, batch)
         ]
         return TowerOutput(semantic, pixel, grids)
+
+    def encode_placeholder(self) -> TowerOutput:
+        """Encode one all-zero 16 x 32 image: 1 x 2 pixel tokens, 1 semantic token (the ViT floors to 28²).
+
+        It only exists so that training steps without input images still run every tower module
+        (see `IllumeQwen2Model.idle_vision_term`), so it is as small as the architecture allows
+        and below `min_pixels` on purpose. Two pixel positions, not one, because the encoder's
+        GroupNorms refuse a single value per channel in training mode.
+        """
+        weight = next(self.pixel_encoder.parameters())
+        return self([weight.new_zeros(1, 3, PIXEL_PATCH, 2 * PIXEL_PATCH)], enforce_pixel_limits=False)
 
     def tune(self, tune_vit_from_layer: int | None = None) -> None:
         """Stage-3 trainability: ViT blocks >= n and the merger; pixel-encoder parameters outside `down`.

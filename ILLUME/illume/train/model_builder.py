@@ -206,8 +206,13 @@ def apply_trainability(
             if vision_rows and not text_rows:
                 # Only the ILLUME rows (image tokens, tags, markers) learn; Qwen's text rows stay put.
                 param.register_hook(_keep_new_rows_only(vocab.text_token_num))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    logger.info("trainable parameters: %d of %d", trainable, sum(_numel(p) for p in model.parameters()))
+
+
+def _numel(param: torch.nn.Parameter) -> int:
+    """Full size, also of a ZeRO-3 partitioned parameter (whose local tensor is empty)."""
+    return int(getattr(param, "ds_numel", param.numel()))
 
 
 def save_vq_config(output_dir: str | os.PathLike, vq_spec: Mapping[str, Any]) -> None:

@@ -92,7 +92,8 @@ def run(cfg: Any) -> ILLUMETrainer:
     set_seed(args.seed)
     built = build_model_and_tokenizer(model_args, args.model_max_length, resolve=resolve_path)
     if args.ddp_find_unused_parameters is None:
-        # The trainer keeps every trainable parameter in each step's graph (see ILLUMETrainer).
+        # Every trainable parameter is in each step's graph, image-less steps included
+        # (IllumeQwen2Model.idle_vision_term).
         args.ddp_find_unused_parameters = False
     tower = model_args["mm_vision_tower"]
     report = data_args.get("record_error_report") or Path(args.output_dir) / "malformed_records.jsonl"

@@ -27,18 +27,12 @@ from transformers import Trainer
 
 from illume.data.sampler import ModalityLengthGroupedSampler
 from illume.train.model_builder import MODULE_PREFIXES, save_vq_config
-from illume.vocab import IMAGE_TOKEN_INDEX
 
 __all__ = ["ILLUMETrainer", "parameter_groups"]
 
 logger = logging.getLogger(__name__)
 
 _EMBEDDING_PARAMS = ("model.embed_tokens.", "lm_head.")
-
-
-def _in_vision_modules(name: str) -> bool:
-    """Whether a (possibly DDP/DeepSpeed-prefixed) parameter name is in the tower or projector."""
-    return _module_of(name.removeprefix("module.")) in MODULE_PREFIXES
 
 
 def _module_of(name: str) -> str:
@@ -137,31 +131,13 @@ class ILLUMETrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         names = inputs.pop("dataset_names", None)
-        padding_term = self._unused_tower_term(model, inputs) if model.training else None
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
-        if padding_term is not None:
-            loss = loss + padding_term
         if names and model.training:
             value = float(loss.detach())
             for name in names:
                 self._dataset_loss[name][0] += value
                 self._dataset_loss[name][1] += 1
         return (loss, outputs) if return_outputs else loss
-
-    def _unused_tower_term(self, model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor | None:
-        """0 × (sum of the trainable tower/projector weights) when this rank's batch has no input image.
-
-        Such a step leaves the vision tower and projector out of the graph, so ranks would
-        disagree on which gradients exist (DDP errors, ZeRO-2 collective mismatches); the
-        zero-valued term gives them zero gradients instead. Under ZeRO-3 the weights are
-        partitioned and ranks must also run the same modules; that case is not solved here.
-        """
-        if bool((inputs["input_ids"] == IMAGE_TOKEN_INDEX).any()):
-            return None
-        params = [p for n, p in model.named_parameters() if p.requires_grad and _in_vision_modules(n)]
-        if not params:
-            return None
-        return 0.0 * sum(p.sum() for p in params)
 
     def _dataset_names(self) -> list[str]:
         datasets = getattr(self.train_dataset, "datasets", [])
