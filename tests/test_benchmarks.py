@@ -1,0 +1,70 @@
+"""Smoke runs of the benchmark scripts with their smallest settings: they finish and report sane numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from illume.vocab import ImageGrid
+
+from tests.conftest import REPO_ROOT
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+TIMEOUT_S = 300  # a few seconds of work each; generous for a CPU shared with other jobs
+
+
+def _run(script: str, *args: str) -> str:
+    """Run one benchmark script as a user would; returns its stdout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+def test_tokenizer_speed_tiny_prints_the_table_and_ratio(tmp_path: Path) -> None:
+    report = tmp_path / "rows.json"
+    stdout = _run("tokenizer_speed.py", "--tiny", "--sizes", "256", "--dtypes", "fp32", "--batch-sizes", "1",
+                  "--iters", "1", "--warmup", "0", "--threads", "1", "--json", str(report))
+    rows = {row["op"]: row for row in json.loads(report.read_text())["rows"]}
+    assert sorted(rows) == ["decode", "encode"]
+    official = dict(re.findall(r"(encode|decode) (\d+(?:\.\d+)?)(?: img/s)?[,)]", stdout.splitlines()[-1]))
+    assert sorted(official) == ["decode", "encode"], stdout.splitlines()[-1]
+    assert "| op | size | dtype | batch | img/s |" in stdout
+    for op, row in rows.items():
+        assert row["images_per_s"] > 0 and row["gflop_per_image"] > 0
+        assert row["ms_per_batch"] == pytest.approx(1e3 / row["images_per_s"], rel=1e-6)  # batch 1
+        cells = [cell.strip() for cell in next(
+            line for line in stdout.splitlines() if line.startswith(f"| {op} | 256² | fp32 | 1 |")
+        ).strip("|").split("|")]
+        # Last column: images/s divided by the official H200 figure quoted below the table.
+        assert float(cells[-1]) == pytest.approx(row["images_per_s"] / float(official[op]), abs=0.006)
+
+
+def test_generation_speed_tiny_times_engine_and_official(tmp_path: Path) -> None:
+    report = tmp_path / "rows.json"
+    stdout = _run("generation_speed.py", "--tiny", "--sizes", "256", "--batch-sizes", "1", "--prompt-length", "1",
+                  "--json", str(report))
+    rows = {row["approach"]: row for row in json.loads(report.read_text())["rows"]}
+    assert sorted(rows) == ["engine", "official"]
+    tokens_per_image = ImageGrid.for_resolution(256, 256).num_tokens
+    for approach, row in rows.items():
+        assert re.search(rf"^{approach}\s+256² bs\s+1:", stdout, re.MULTILINE), approach
+        assert row["seconds_per_image"] > 0
+        assert row["image_tokens_per_second"] * row["seconds_per_image"] == pytest.approx(tokens_per_image)
+
+
+def test_train_throughput_tiny_reports_tokens_per_second(tmp_path: Path) -> None:
+    report = tmp_path / "result.json"
+    stdout = _run("train_throughput.py", "--tiny", "--batch-size", "1", "--image-size", "32", "--prompt-len", "1",
+                  "--steps", "1", "--warmup", "0", "--json", str(report))
+    result = json.loads(report.read_text())
+    assert json.loads(stdout) == result  # printed and written alike
+    assert (result["shapes"], result["batch_size"], result["image_size"]) == ("tiny", 1, 32)
+    assert result["seconds_per_step"] > 0 and result["model_tflop_per_step"] > 0
+    assert result["tokens_per_s"] == pytest.approx(result["positions_per_step"] / result["seconds_per_step"])
