@@ -97,9 +97,11 @@ def top_level_overrides(items: Sequence[str], cfg: Any) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     args, unknown = build_parser().parse_known_args(rest)
-    cfg = load_config(args.config)
-    overrides.update(top_level_overrides(unknown, cfg))
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(load_config(args.config), overrides)
+    # Top-level items are validated by `top_level_overrides` (they may name run options that the
+    # config file leaves at their defaults), so they are set directly.
+    for key, value in top_level_overrides(unknown, cfg).items():
+        cfg[key] = value
     if args.resume is not None:
         cfg.resume = args.resume
     return train(cfg, device=args.device, stop_after_steps=args.stop_after_steps)
