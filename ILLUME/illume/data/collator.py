@@ -24,7 +24,8 @@ class SupervisedCollator:
 
     `dummy_image_size`: the official pipeline gave every sample without input images one all-zero
     `[1, 3, s, s]` image (256 px) that the model accepts and places nowhere. It is not needed here
-    (the trainer lets DDP tolerate steps without images), so the default None adds none; set it
+    (in training the model runs its vision modules on a minimal placeholder whenever a batch has no
+    image, which keeps DDP and ZeRO-3 ranks in step), so the default None adds none; set it
     to reproduce the official batches exactly.
     """
 
