@@ -3,7 +3,9 @@
 # Relative paths are relative to the repository root. The defaults take about 4-6 minutes on
 # a 2-core CPU.
 
-# Bundled data (scikit-image photos): square side of the saved photos, edits per photo.
+# Bundled data (scikit-image photos): which photos (empty: all eight, see
+# ILLUME/illume/quickstart/example_data.py), square side of the saved photos, edits per photo.
+photos = []
 photo_size = 256
 edits_per_photo = 2
 

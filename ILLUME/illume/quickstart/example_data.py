@@ -35,6 +35,7 @@ __all__ = [
     "DESCRIBE_QUESTION",
     "COLOUR_QUESTION",
     "ExampleData",
+    "select_photos",
     "build_example_data",
     "generation_text",
     "editing_text",
@@ -207,6 +208,17 @@ class ExampleData:
 
     def photo_path(self, name: str) -> Path:
         return self.image_dir / f"{name}.png"
+
+
+def select_photos(names: tuple[str, ...] | list[str]) -> tuple[Photo, ...]:
+    """The photos called `names`, in that order (all of them for an empty list)."""
+    table = {photo.name: photo for photo in PHOTOS}
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise ValueError(f"unknown photos {unknown}; choose from {sorted(table)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"photos are listed twice: {list(names)}")
+    return tuple(table[name] for name in names) if names else PHOTOS
 
 
 def build_example_data(

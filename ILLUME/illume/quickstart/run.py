@@ -53,7 +53,9 @@ def run_quickstart(
     def stop_after(name: str) -> bool:
         return until == name
 
-    data = runner.run("data", [s.photo_size, s.edits_per_photo], lambda ctx: build_data(s, ctx))
+    data = runner.run(
+        "data", [list(s.photos), s.photo_size, s.edits_per_photo], lambda ctx: build_data(s, ctx)
+    )
     if stop_after("data"):
         return None
     tokenizer_inputs = [_file_digest(s.path(s.tokenizer_config)), s.resolution, s.tokenizer_steps, s.seed]

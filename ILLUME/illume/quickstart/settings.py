@@ -12,6 +12,7 @@ from typing import Any
 
 from vision_tokenizer.utils.config import load_config
 
+from illume.quickstart.example_data import select_photos
 from illume.vocab import RESOLUTION_TAG_SIZES
 
 __all__ = ["REPO_ROOT", "DEFAULT_SETTINGS_FILE", "QuickstartSettings", "load_settings", "fingerprint"]
@@ -24,6 +25,7 @@ DEFAULT_SETTINGS_FILE = REPO_ROOT / "configs" / "quickstart" / "quickstart.py"
 class QuickstartSettings:
     """Sizes, step counts and paths of one quick-start run (see the settings file for each key)."""
 
+    photos: tuple[str, ...] = ()
     photo_size: int = 256
     edits_per_photo: int = 2
     resolution: int = 64
@@ -49,6 +51,10 @@ class QuickstartSettings:
         for name in ("tokenizer_steps", "mllm_steps", "nproc_per_node", "max_new_tokens", "bpe_vocab_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(select_photos(self.photos)) < 2:
+            raise ValueError(
+                "photos: give at least two (generated images are compared with the other photos)"
+            )
         if not self.understanding_questions:
             raise ValueError("understanding_questions is empty: give at least one question")
 
@@ -74,8 +80,9 @@ def load_settings(
     if unknown:
         raise ValueError(f"{path}: unknown quick-start settings {unknown}; known: {sorted(known)}")
     values = dict(cfg)
-    if "understanding_questions" in values:
-        values["understanding_questions"] = tuple(values["understanding_questions"])
+    for key in ("photos", "understanding_questions"):
+        if key in values:
+            values[key] = tuple(values[key])
     return QuickstartSettings(**values)
 
 

@@ -24,7 +24,7 @@ from vision_tokenizer.utils.config import load_config
 
 from illume.quickstart import STAGES
 from illume.quickstart.evaluation import photo_at, psnr_between, psnr_summary, reconstruct
-from illume.quickstart.example_data import DATASET_NAMES, build_example_data
+from illume.quickstart.example_data import DATASET_NAMES, build_example_data, select_photos
 from illume.quickstart.runner import StageContext
 from illume.quickstart.settings import QuickstartSettings
 
@@ -56,7 +56,8 @@ def _photo_paths(data: dict[str, Any]) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 def build_data(settings: QuickstartSettings, ctx: StageContext) -> dict[str, Any]:
     """Photos, edits and the three datasets' raw jsonl files (official layout)."""
-    data = build_example_data(ctx.directory, settings.photo_size, settings.edits_per_photo)
+    photos = select_photos(settings.photos)
+    data = build_example_data(ctx.directory, settings.photo_size, settings.edits_per_photo, photos)
     return {
         "root": str(data.root),
         "meta_config": str(data.meta_config),

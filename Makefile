@@ -1,0 +1,20 @@
+# Shortcuts for the common jobs. Each target installs the project first if it is not importable.
+PYTHON ?= python3
+# Extra settings for the quick start, e.g. make quickstart ARGS="--set tokenizer_steps=200"
+ARGS ?=
+
+.PHONY: quickstart test lint install
+
+quickstart: install
+	$(PYTHON) -m illume.quickstart $(ARGS)
+
+test: install
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check .
+
+# Install (editable, all extras) only when the packages or the quick start's dependencies are missing.
+install:
+	@$(PYTHON) -c "import illume, vision_tokenizer, matplotlib, skimage" 2>/dev/null || \
+		$(PYTHON) -m pip install -e ".[all]"
