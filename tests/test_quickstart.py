@@ -128,3 +128,30 @@ def test_rerun_reuses_stages_and_reruns_what_a_setting_touches(quickstart_dir: P
     run_quickstart(quickstart_dir, changed)
     after = {name: _stage(quickstart_dir, name)["run_id"] for name in STAGES}
     assert [name for name in STAGES if after[name] != same[name]] == ["inference", "report"]
+
+
+def test_the_illume_command_runs_the_quickstart(tmp_path: Path) -> None:
+    """`illume quickstart` through the illume CLI's subcommand table (stopping after the data)."""
+    from illume import cli
+    from illume.quickstart import command
+
+    if command.NAME not in cli.SUBCOMMANDS:
+        cli.register_subcommand(cli.Subcommand(command.NAME, command.HELP, command.configure, command.run))
+    argv = [
+        "quickstart",
+        "--output-dir",
+        str(tmp_path),
+        "--until",
+        "data",
+        "--set",
+        "photos=['coffee', 'coins']",
+    ]
+    assert cli.main(argv) == 0
+    # two edits per photo, rotating through the table; a grey photo never gets "black and white"
+    assert sorted(p.name for p in (tmp_path / "data" / "images").glob("*.png")) == [
+        "coffee.png", "coffee_black_and_white.png", "coffee_mirror.png",
+        "coins.png", "coins_upside_down.png", "coins_zoom.png",
+    ]  # fmt: skip
+    assert not (tmp_path / "tokenizer").exists()
+    with pytest.raises(SystemExit, match="unknown photos"):
+        cli.main(["quickstart", "--output-dir", str(tmp_path), "--set", "photos=['dog', 'coins']"])

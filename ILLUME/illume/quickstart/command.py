@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from illume.quickstart.run import run_quickstart
     from illume.quickstart.settings import DEFAULT_SETTINGS_FILE, REPO_ROOT, load_settings
 
+    logging.getLogger("illume.quickstart").setLevel(logging.INFO)  # stage progress, even under `illume`
     overrides = _settings_overrides(args.overrides)
     if args.threads is not None:
         overrides["num_threads"] = args.threads

@@ -8,6 +8,7 @@ inference (IllumePipeline: generate, edit, understand).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -69,6 +70,21 @@ def build_data(settings: QuickstartSettings, ctx: StageContext) -> dict[str, Any
 
 
 # ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _restored_logging():
+    """Undo the tokenizer trainer's logging set-up (it sends everything to its own log.txt)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def _mean_psnr(model: Any, photos: list[Any]) -> tuple[float, list[Any]]:
     reconstructions = reconstruct(model, photos)
     values = [psnr_between(a, b) for a, b in zip(reconstructions, photos)]
@@ -100,7 +116,8 @@ def train_tokenizer(settings: QuickstartSettings, ctx: StageContext, data: dict[
     torch.manual_seed(settings.seed)  # the training run's rank-0 initialisation
     before, _ = _mean_psnr(DualViTok.from_config(spec), photos)
 
-    result = train(cfg, device="cpu")
+    with _restored_logging():
+        result = train(cfg, device="cpu")
     checkpoint = result["checkpoint"] or latest_checkpoint(os.path.join(result["run_dir"], "checkpoints"))
     if checkpoint is None:
         raise RuntimeError(f"tokenizer training left no checkpoint in {result['run_dir']}")
