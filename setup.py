@@ -26,13 +26,14 @@ extras = {
     "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22"],
     "decoder": ["diffusers>=0.31"],
     "demo": ["gradio>=6"],
+    "quickstart": ["matplotlib>=3.7", "scikit-image>=0.22"],
     "npu": ["torch_npu"],
     "flash": ["flash-attn>=2.6"],
     "deepspeed": ["deepspeed>=0.15"],
 }
 # `eval` stays out of `all`: torch-fidelity needs torchvision, which would replace a CPU torch with a
 # CUDA build; install it next to the torch you have (`pip install -e ".[eval]"`).
-extras["all"] = sorted({dep for name in ("dev", "train", "decoder", "demo") for dep in extras[name]})
+extras["all"] = sorted({dep for name in ("dev", "train", "decoder", "demo", "quickstart") for dep in extras[name]})
 
 setup(
     name="illume-plus",

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from illume.quickstart import command as _quickstart
+
 __all__ = ["Subcommand", "SUBCOMMANDS", "register_subcommand", "build_parser", "main"]
 
 
@@ -330,6 +332,7 @@ register_subcommand(Subcommand("edit", "edit images by instruction → PNG files
 register_subcommand(
     Subcommand("chat", "ask about images (one-shot --question, or interactive)", _configure_chat, _run_chat)
 )
+register_subcommand(Subcommand(_quickstart.NAME, _quickstart.HELP, _quickstart.configure, _quickstart.run))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ training_args = dict(
     lora_dropout=0.05,
     lora_weight_path='',
     lora_bias='none',
-    # per-module learning rates; None = use learning_rate (mm_vision_tower_lr only takes effect
-    # together with mm_projector_lr, as upstream)
+    # per-module learning rates; None = use learning_rate. Each applies on its own (upstream ignored
+    # mm_vision_tower_lr unless mm_projector_lr was also set)
     mm_projector_lr=None,
     mm_vision_tower_lr=None,
     vision_token_lr=None,
