@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from vision_tokenizer.data.transforms import RATIOS as ANCHORS
 from vision_tokenizer.models.vit_input import vit_target_size
 
 __all__ = [
@@ -73,20 +74,9 @@ RESOLUTION_TAG_SIZES: tuple[int, ...] = tuple(range(64, 1025, 64))
 SEMANTIC_PATCH = 28
 PIXEL_PATCH = 16
 
-# The 11 (height, width) anchors of `anyres_dualvitok_fix_anchors` (SPEC-mllm C6), official order.
-RATIOS: tuple[tuple[int, int], ...] = (
-    (512, 512),
-    (384, 512),
-    (512, 384),
-    (384, 768),
-    (768, 384),
-    (384, 576),
-    (576, 384),
-    (320, 960),
-    (960, 320),
-    (256, 1024),
-    (1024, 256),
-)
+# The 11 (height, width) anchors of `anyres_dualvitok_fix_anchors` (SPEC-mllm C6), official order;
+# owned by the tokenizer package (codebook inference crops to them) and re-exported here.
+RATIOS = ANCHORS
 
 
 def start_of_level(level: int) -> str:
