@@ -7,7 +7,9 @@ Differences from the plain Trainer, each for a reason:
   no-decay; every rate that is set applies on its own (the official code ignored the tower rate
   unless the projector rate was also set);
 * the loss is the mean over each micro-batch's supervised tokens, as in the official training,
-  and is also logged per dataset (`loss/<dataset>`, reduced over all ranks);
+  and is also logged per dataset (`loss/<dataset>`, reduced over all ranks): the mean loss of the
+  micro-batches that held samples of that dataset — exact per dataset with one sample per device
+  (every shipped config), a blend of the datasets present otherwise;
 * `group_by_modality_length` uses :class:`ModalityLengthGroupedSampler`;
 * every checkpoint folder also holds the DualViTok architecture (`VQ_CONFIG_FILE`), so it loads
   through `AutoModelForCausalLM.from_pretrained` anywhere.
