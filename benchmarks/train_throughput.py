@@ -35,7 +35,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST_3B = REPO.parent / "shared" / "reference" / "manifests" / "illume_plus_qwen2_5_3b_config.json"
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 SPECIAL_IDS = [151665, 151666, 151667, 151668, 151669, 151670, 151671]
 
