@@ -15,7 +15,8 @@ from tests.illume import tiny_models
 
 NOTEBOOK = REPO_ROOT / "ILLUME" / "inference.ipynb"
 ENV_KEYS = ("ILLUME_MLLM_PATH", "ILLUME_DUALVITOK_PATH", "ILLUME_DUALVITOK_CONFIG", "ILLUME_SDXL_DECODER_PATH",
-            "ILLUME_DEVICE", "ILLUME_DTYPE", "ILLUME_RESOLUTION", "ILLUME_EXAMPLE_IMAGE", "ILLUME_DIFFUSION_STEPS")  # fmt: skip
+            "ILLUME_DEVICE", "ILLUME_DTYPE", "ILLUME_RESOLUTION", "ILLUME_EXAMPLE_IMAGE", "ILLUME_DIFFUSION_STEPS",
+            "ILLUME_QUICKSTART_DIR")  # fmt: skip
 
 tiny_origin_dir = tiny_models.tiny_origin_dir  # shared session fixture
 tiny_dualvitok_dir = tiny_models.tiny_dualvitok_dir  # shared session fixture
@@ -73,9 +74,21 @@ def test_runs_with_given_paths_and_sdxl(
 
 @pytest.mark.slow
 def test_falls_back_to_the_tiny_model_and_skips_sdxl(monkeypatch, tmp_path: Path) -> None:
-    printed = _run({"ILLUME_DEVICE": "cpu"}, monkeypatch, tmp_path)
+    env = {"ILLUME_DEVICE": "cpu", "ILLUME_QUICKSTART_DIR": str(tmp_path / "no_quickstart_run")}
+    printed = _run(env, monkeypatch, tmp_path)
     assert "using the tiny model" in printed["tiny-fallback"]
     assert "SDXL decoder: not given" in printed["load"]
     assert printed["generate"].strip() == "generated: (256, 256)"
     assert "skipping diffusion decoding" in printed["sdxl"]
     assert os.environ.get("ILLUME_MLLM_PATH") is None
+
+
+@pytest.mark.slow
+def test_prefers_the_quickstart_model_when_it_exists(monkeypatch, tmp_path: Path) -> None:
+    quickstart = tmp_path / "quickstart"
+    tiny_models.write_tiny_origin_model(golden_dir(), quickstart / "mllm" / "model")
+    tiny_models.write_tiny_dualvitok(golden_dir(), quickstart / "tokenizer" / "dualvitok")
+    printed = _run({"ILLUME_DEVICE": "cpu", "ILLUME_QUICKSTART_DIR": str(quickstart)}, monkeypatch, tmp_path)
+    assert "using the quick-start model" in printed["tiny-fallback"]
+    assert "using the tiny model" not in printed["tiny-fallback"]
+    assert printed["generate"].strip() == "generated: (64, 64)"
