@@ -142,7 +142,10 @@ def test_page_in_headless_chromium(
     tmp_path: Path,
 ) -> None:
     expected = pipe.understand(Image.open(photo).convert("RGB"), QUESTION, max_new_tokens=8)[0]
-    args = ["--model", str(tiny_origin_dir), "--dualvitok", str(tiny_dualvitok_dir), "--device", "cpu"]
+    # The token limit is also the server's cap, so the answer has 8 tokens even if the browser
+    # submits before the slider edit below reaches the app's state.
+    args = ["--model", str(tiny_origin_dir), "--dualvitok", str(tiny_dualvitok_dir), "--device", "cpu",
+            "--max-new-tokens", "8"]  # fmt: skip
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     with running_app("illume.serve.app", args, tmp_path / "demo.log") as url, browser_page(url) as page:
         # Chat: an image and a question; the streamed answer appears in the chatbot.

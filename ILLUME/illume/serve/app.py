@@ -103,7 +103,7 @@ def _chat_tab(handlers: DemoHandlers) -> None:
                 type="filepath", label="Image (optional, sent with the next message)", elem_id="chat-image"
             )
             with gr.Accordion("Text generation", open=False):
-                max_tokens = gr.Slider(1, handlers.limits.max_new_tokens, value=1024, step=1,
+                max_tokens = gr.Slider(1, handlers.limits.max_new_tokens, value=min(1024, handlers.limits.max_new_tokens), step=1,
                                        label="Max output tokens", elem_id="chat-max-tokens")  # fmt: skip
                 do_sample = gr.Checkbox(False, label="Sample (off: greedy)")
                 temperature, top_k, top_p = _sampling_controls(1.0, 128, 1.0, None, 4096)
