@@ -332,6 +332,34 @@ register_subcommand(Subcommand("edit", "edit images by instruction → PNG files
 register_subcommand(
     Subcommand("chat", "ask about images (one-shot --question, or interactive)", _configure_chat, _run_chat)
 )
+
+
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="MLLM training config (.py), e.g. configs/tiny/illume_debug_tiny.py")
+    parser.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="--a.b=value",
+        help="config overrides, e.g. --training_args.max_steps=10; for several processes use "
+        "`torchrun --nproc_per_node N ILLUME/illume/train/train.py CONFIG ...` instead",
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from illume.train.train import main as train_main
+
+    train_main([args.config, *args.overrides])
+    return 0
+
+
+register_subcommand(
+    Subcommand(
+        "train",
+        "train or fine-tune the MLLM in this process (config + overrides)",
+        _configure_train,
+        _run_train,
+    )
+)
 register_subcommand(Subcommand(_quickstart.NAME, _quickstart.HELP, _quickstart.configure, _quickstart.run))
 
 

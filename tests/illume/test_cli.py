@@ -35,6 +35,17 @@ def test_help_lists_the_subcommands():
         assert name in result.stdout
 
 
+def test_train_forwards_the_config_and_overrides(monkeypatch):
+    import illume.train.train as train_entry
+    from illume.cli import main
+
+    received = []
+    monkeypatch.setattr(train_entry, "main", received.append)
+    code = main(["train", "configs/tiny/illume_debug_tiny.py", "--training_args.max_steps=3", "--a.b", "x"])
+    assert code == 0
+    assert received == [["configs/tiny/illume_debug_tiny.py", "--training_args.max_steps=3", "--a.b", "x"]]
+
+
 def test_task_defaults_follow_the_official_recipes():
     gen = build_parser().parse_args(["generate", "--model", "m", "--dualvitok", "d"])
     assert (gen.cfg_scale, gen.temperature, gen.top_k, gen.top_p) == (2.0, 1.0, 2048, 1.0)
