@@ -20,6 +20,7 @@ from vision_tokenizer.data.image_io import (
     psnr,
     smart_resize,
     tensor_to_image,
+    tensor_to_uint8,
 )
 
 from ..conftest import REPO_ROOT
@@ -110,8 +111,12 @@ def test_decompression_bomb_header(tmp_path: Path, side: int) -> None:
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     path = tmp_path / "bomb.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
-                     + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
     _expect_error(path, "decompression bomb")
 
 
@@ -262,7 +267,9 @@ def test_image_to_tensor_constant_colour_values() -> None:
     img = Image.new("RGB", (64, 48), (255, 0, 51))
     tensor = image_to_tensor(img)
     assert tensor.shape == (1, 3, 48, 64)
-    torch.testing.assert_close(tensor[0, :, 0, 0], torch.tensor([1.0, -1.0, 51 / 127.5 - 1]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        tensor[0, :, 0, 0], torch.tensor([1.0, -1.0, 51 / 127.5 - 1]), atol=1e-7, rtol=0
+    )
 
 
 def test_image_to_tensor_needs_rgb() -> None:
@@ -308,3 +315,13 @@ def test_psnr_input_checks() -> None:
         psnr(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         psnr(np.zeros((4, 4, 3)), np.zeros((4, 4, 3)))
+
+
+def test_tensor_to_uint8_batches_with_the_official_mapping() -> None:
+    images = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 2.0]).view(1, 1, 2, 3).expand(2, 3, 2, 3)
+    pixels = tensor_to_uint8(images)
+    assert pixels.shape == (2, 2, 3, 3) and pixels.dtype == np.uint8
+    # clamp(127.5 x + 128, 0, 255) truncated: -1 -> 0 (0.5), -0.5 -> 64 (64.25), 0 -> 128, ~1 -> 255
+    assert pixels[0, :, :, 0].ravel().tolist() == [0, 64, 128, 255, 255, 255]
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        tensor_to_uint8(torch.zeros(3, 4, 4))

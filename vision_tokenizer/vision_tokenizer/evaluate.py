@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vision_tokenizer.data.datasets import build_dataset
+from vision_tokenizer.data.image_io import tensor_to_uint8
 from vision_tokenizer.data.sampler import collate_images
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.train.distributed import DistContext, init_distributed
@@ -59,18 +60,6 @@ def image_metrics(reference: np.ndarray, reconstruction: np.ndarray) -> tuple[fl
     psnr = math.inf if np.array_equal(ref, rec) else peak_signal_noise_ratio(ref, rec, data_range=1.0)
     ssim = structural_similarity(ref, rec, data_range=1.0, channel_axis=-1)
     return float(psnr), float(ssim)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8 with the official clamp(127.5 x + 128)."""
-    return (
-        (images.detach().float() * 127.5 + 128.0)
-        .clamp(0, 255)
-        .to(torch.uint8)
-        .permute(0, 2, 3, 1)
-        .cpu()
-        .numpy()
-    )
 
 
 def find_inception_weights(explicit: str | None) -> str:
@@ -186,7 +175,9 @@ def evaluate(args: argparse.Namespace, ctx: DistContext) -> dict[str, Any] | Non
             reconstructions = model.decode_code(idx_semantic, idx_pixel)
             usage[0] += _usage_counts(idx_semantic, sizes[0])
             usage[1] += _usage_counts(idx_pixel, sizes[1])
-            for index, ref, rec in zip(batch["index"].tolist(), to_uint8(images), to_uint8(reconstructions)):
+            for index, ref, rec in zip(
+                batch["index"].tolist(), tensor_to_uint8(images), tensor_to_uint8(reconstructions)
+            ):
                 _save_png(rec, os.path.join(dirs["samples"], f"{index:06d}.png"))
                 _save_png(ref, os.path.join(dirs["gts"], f"{index:06d}.png"))
                 psnr, ssim = image_metrics(ref, rec)

@@ -38,6 +38,7 @@ __all__ = [
     "smart_resize",
     "image_to_tensor",
     "tensor_to_image",
+    "tensor_to_uint8",
     "psnr",
 ]
 
@@ -87,8 +88,10 @@ def load_image(
                 width, height = img.size
                 if width * height > limit:
                     raise ImageLoadError(
-                        path, f"{width}x{height} pixels exceeds the limit of {limit} pixels "
-                        "(possible decompression bomb)")
+                        path,
+                        f"{width}x{height} pixels exceeds the limit of {limit} pixels "
+                        "(possible decompression bomb)",
+                    )
                 img.load()
                 rgb = _to_rgb(path, ImageOps.exif_transpose(img))
     except ImageLoadError:
@@ -100,7 +103,9 @@ def load_image(
     except _DECODE_ERRORS as err:
         raise ImageLoadError(path, f"corrupt or truncated image ({type(err).__name__}: {err})") from None
     if min(rgb.size) < min_side:
-        raise ImageLoadError(path, f"image is {rgb.width}x{rgb.height}; both sides must be at least {min_side} px")
+        raise ImageLoadError(
+            path, f"image is {rgb.width}x{rgb.height}; both sides must be at least {min_side} px"
+        )
     return rgb
 
 
@@ -136,7 +141,9 @@ def smart_resize(
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if factor <= 0 or min_pixels > max_pixels:
-        raise ValueError(f"invalid resize limits: factor={factor}, min_pixels={min_pixels}, max_pixels={max_pixels}")
+        raise ValueError(
+            f"invalid resize limits: factor={factor}, min_pixels={min_pixels}, max_pixels={max_pixels}"
+        )
     new_h = max(factor, round(height / factor) * factor)
     new_w = max(factor, round(width / factor) * factor)
     if new_h * new_w > max_pixels:
@@ -169,20 +176,27 @@ def image_to_tensor(
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
 
 
-def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
-    """Model output [1, 3, H, W] or [3, H, W] in [-1, 1] → RGB PIL image.
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Model output [B, 3, H, W] in [-1, 1] → [B, H, W, 3] uint8 arrays.
 
     Uses the reference mapping clamp(127.5·x + 128, 0, 255) truncated to uint8, so saved
     reconstructions match the official ones byte for byte.
     """
-    if tensor.dim() == 4:
-        if tensor.shape[0] != 1:
-            raise ValueError(f"expected a single image, got a batch of {tensor.shape[0]}")
-        tensor = tensor[0]
-    if tensor.dim() != 3 or tensor.shape[0] != 3:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected shape [B, 3, H, W], got {list(images.shape)}")
+    pixels = (images.detach().float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """Model output [1, 3, H, W] or [3, H, W] in [-1, 1] → RGB PIL image (see `tensor_to_uint8`)."""
+    if tensor.dim() == 4 and tensor.shape[0] != 1:
+        raise ValueError(f"expected a single image, got a batch of {tensor.shape[0]}")
+    if tensor.dim() == 3:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 4 or tensor.shape[1] != 3:
         raise ValueError(f"expected shape [3, H, W] or [1, 3, H, W], got {list(tensor.shape)}")
-    pixels = (tensor.detach().float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+    return Image.fromarray(tensor_to_uint8(tensor)[0])
 
 
 def psnr(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> float:

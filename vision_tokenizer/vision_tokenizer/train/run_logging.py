@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vision_tokenizer.data.image_io import tensor_to_uint8
+
 __all__ = ["RunLogger", "reconstruction_grid", "setup_file_logging"]
 
 logger = logging.getLogger(__name__)
@@ -33,24 +35,12 @@ def setup_file_logging(log_file: str | None) -> None:
     )
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, the official clamp(127.5 x + 128)."""
-    return (
-        (images.detach().float() * 127.5 + 128.0)
-        .clamp(0, 255)
-        .to(torch.uint8)
-        .permute(0, 2, 3, 1)
-        .cpu()
-        .numpy()
-    )
-
-
 def reconstruction_grid(
     inputs: torch.Tensor, reconstructions: torch.Tensor, max_images: int = 8
 ) -> Image.Image:
     """Originals in the top row, reconstructions below (at most `max_images` columns)."""
-    top = _to_uint8(inputs[:max_images])
-    bottom = _to_uint8(reconstructions[:max_images])
+    top = tensor_to_uint8(inputs[:max_images])
+    bottom = tensor_to_uint8(reconstructions[:max_images])
     return Image.fromarray(
         np.concatenate([np.concatenate(list(top), axis=1), np.concatenate(list(bottom), axis=1)], 0)
     )
