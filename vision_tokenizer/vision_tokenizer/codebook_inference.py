@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from vision_tokenizer.data.image_io import ImageLoadError, load_image
+from vision_tokenizer.data.meta_config import DatasetMeta, load_meta_data_config
 from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_transform
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.train.distributed import DistContext, init_distributed
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _SUFFIXES = (".jsonl", ".json")
-_META_KEYS = ("root", "image_dir", "annotation_dir", "tokenizer_inference")
 # Records handed to the encoder between two writes of the part file (the resume granularity).
 _CHUNK_RECORDS = 64
 
@@ -121,27 +121,13 @@ def _checked(entry: AnnotationRecord, value: Any) -> AnnotationRecord:
     return entry
 
 
-def _load_meta(path: str) -> dict[str, dict[str, Any]]:
-    meta_path = Path(path)
-    if not meta_path.is_file():
-        raise SystemExit(f"--data_config: file not found: {meta_path}")
+def _load_meta(path: str) -> dict[str, DatasetMeta]:
+    """The datasets of the meta-data config that need codebook inference."""
     try:
-        table = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"{meta_path}: not valid JSON ({error})") from None
-    if not isinstance(table, dict):
-        raise SystemExit(f"{meta_path}: expected an object mapping dataset names to their folders")
-    datasets = {}
-    for name, entry in table.items():
-        missing = [key for key in _META_KEYS if not isinstance(entry, dict) or key not in entry]
-        if missing:
-            raise SystemExit(f"{meta_path}: dataset {name!r} lacks {missing}")
-        if entry["tokenizer_inference"] is True:
-            datasets[name] = {
-                key: (meta_path.parent / entry[key]).resolve()
-                for key in ("root", "image_dir", "annotation_dir")
-            }
-    return datasets
+        metas = load_meta_data_config(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--data_config: {error}") from None
+    return {name: meta for name, meta in metas.items() if meta.tokenizer_inference}
 
 
 class CodebookInference:
@@ -293,12 +279,12 @@ class CodebookInference:
             self._part_path(work, rank).unlink(missing_ok=True)
 
     # ---- per dataset ----------------------------------------------------------------------
-    def run_dataset(self, name: str, folders: dict[str, Path]) -> dict[str, int]:
-        annotation_dir = folders["annotation_dir"]
+    def run_dataset(self, name: str, folders: DatasetMeta) -> dict[str, int]:
+        annotation_dir = folders.annotation_dir
         if not annotation_dir.is_dir():
             raise SystemExit(f"dataset {name!r}: annotation_dir not found: {annotation_dir}")
         files = sorted(p for p in annotation_dir.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
-        base = folders["root"] / self.args.output_dirname / self.args.tokenizer_version
+        base = folders.root / self.args.output_dirname / self.args.tokenizer_version
         out_root, work_root = base / self.version, base / f"{self.version}_work"
         for source in files:
             relative = source.relative_to(annotation_dir).with_suffix(".jsonl")
@@ -306,7 +292,7 @@ class CodebookInference:
             if self.args.resume and output.exists():
                 logger.info("%s: already tokenized (%s)", source, output)
                 continue
-            self.process_file(source, folders["image_dir"], work_root / relative)
+            self.process_file(source, folders.image_dir, work_root / relative)
             self.ctx.barrier()
             if self.ctx.is_main:
                 self.merge_file(
@@ -334,7 +320,7 @@ class CodebookInference:
                 ratios = {tuple(r) for r in record["matched_ratios"]}
                 statistics["ratio_mixed" if len(ratios) > 1 else "ratio_h{}_w{}".format(*ratios.pop())] += 1
             skipped += _read_lines(work_root / relative.with_suffix(".skipped.jsonl"))
-        stats_path = folders["root"] / self.args.output_dirname / f"{self.version}_data_statistic.json"
+        stats_path = folders.root / self.args.output_dirname / f"{self.version}_data_statistic.json"
         stats_path.write_text(json.dumps(dict(sorted(statistics.items())), indent=2), encoding="utf-8")
         _atomic_lines(out_root.parent / f"{self.version}_skipped.jsonl", skipped)
         logger.info(

@@ -1,6 +1,7 @@
 """Training records on disk: the meta-data config json and the jsonl annotation files it points to.
 
-A meta-data config maps dataset names to folders (SPEC-mllm C8)::
+A meta-data config maps dataset names to folders (SPEC-mllm C8; read by
+`vision_tokenizer.data.meta_config`, which codebook inference shares)::
 
     {"examples_generation": {"root": ..., "image_dir": ..., "annotation_dir": ...,
                              "tokenizer_inference": true}, ...}
@@ -14,70 +15,17 @@ Records stay as raw bytes until used, so millions of lines cost little memory.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vision_tokenizer.data.meta_config import DatasetMeta, load_meta_data_config
 
 from illume.data.errors import MalformedRecord, RecordLocation
 
 __all__ = ["DatasetMeta", "load_meta_data_config", "annotation_files", "RecordSource", "parse_record"]
 
-_META_KEYS = ("root", "image_dir", "annotation_dir", "tokenizer_inference")
 _ANNOTATION_SUFFIXES = (".jsonl", ".json")
-
-
-@dataclass(frozen=True)
-class DatasetMeta:
-    """One entry of a meta-data config, with absolute folders."""
-
-    name: str
-    root: Path
-    image_dir: Path
-    annotation_dir: Path
-    tokenizer_inference: bool
-
-    def records_dir(self, codebook_dir: str | None) -> Path:
-        """Where this dataset's jsonl files live for a group with `codebook_dir`."""
-        if self.tokenizer_inference:
-            if not codebook_dir:
-                raise ValueError(
-                    f"dataset {self.name!r} needs codebook inference (tokenizer_inference=true) but its "
-                    "data group sets no codebook_dir"
-                )
-            return self.root / codebook_dir
-        return self.annotation_dir
-
-
-def load_meta_data_config(path: str | os.PathLike) -> dict[str, DatasetMeta]:
-    """Read a meta-data config json; missing keys or wrong types raise naming the file and dataset."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"meta-data config not found: {path}")
-    try:
-        table = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected an object mapping dataset names to their folders")
-    base = path.parent
-    metas = {}
-    for name, entry in table.items():
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: dataset {name!r} must be an object with keys {_META_KEYS}")
-        missing = [key for key in _META_KEYS if key not in entry]
-        if missing:
-            raise ValueError(f"{path}: dataset {name!r} lacks {missing}")
-        if not isinstance(entry["tokenizer_inference"], bool):
-            raise ValueError(f"{path}: dataset {name!r}: tokenizer_inference must be true or false")
-        folders = {}
-        for key in ("root", "image_dir", "annotation_dir"):
-            if not isinstance(entry[key], str):
-                raise ValueError(f"{path}: dataset {name!r}: {key} must be a path string")
-            folders[key] = (base / entry[key]).resolve()
-        metas[name] = DatasetMeta(name=name, tokenizer_inference=entry["tokenizer_inference"], **folders)
-    return metas
 
 
 def annotation_files(folder: Path) -> list[Path]:
