@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
 from collections import Counter
@@ -43,7 +42,9 @@ from vision_tokenizer.data.image_io import ImageLoadError, load_image
 from vision_tokenizer.data.meta_config import DatasetMeta, load_meta_data_config
 from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_transform
 from vision_tokenizer.models.dualvitok import DualViTok
-from vision_tokenizer.train.distributed import DistContext, init_distributed
+from vision_tokenizer.runtime.atomic import atomic_write_jsonl, atomic_write_text
+from vision_tokenizer.runtime.distributed import DistContext, init_distributed
+from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
 from vision_tokenizer.utils.config import load_config
 
 __all__ = ["main", "build_parser", "read_annotation_records", "AnnotationRecord"]
@@ -218,65 +219,47 @@ class CodebookInference:
         return outputs
 
     # ---- per file -------------------------------------------------------------------------
-    def _part_path(self, work: Path, rank: int) -> Path:
-        return work.with_name(f"{work.name}.rank{rank}of{self.ctx.world_size}.jsonl")
-
-    @staticmethod
-    def _read_part(path: Path) -> list[dict[str, Any]]:
-        """Complete entries of a part file; a line cut short by a crash is dropped and truncated away."""
-        if not path.exists():
-            return []
-        entries, good = [], 0
-        with open(path, "rb") as handle:
-            for line in handle:
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-                good += len(line)
-        with open(path, "r+b") as handle:
-            handle.truncate(good)
-        return entries
+    def _writer(self, work: Path, resume: bool) -> ShardedJsonlWriter:
+        return ShardedJsonlWriter(
+            work.parent,
+            work.name,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            key="position",
+            resume=resume,
+        )
 
     def process_file(self, source: Path, image_dir: Path, work: Path) -> None:
         """Tokenize this rank's share of `source`, appending results to its part file."""
         records = read_annotation_records(source)
-        mine = records[self.ctx.rank :: self.ctx.world_size]
-        part = self._part_path(work, self.ctx.rank)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        done = {entry["position"] for entry in self._read_part(part)} if self.args.resume else set()
-        if not self.args.resume and part.exists():
-            part.unlink()
-        todo = [entry for entry in mine if entry.position not in done]
-        with open(part, "a", encoding="utf-8") as handle:
-            for start in range(0, len(todo), _CHUNK_RECORDS):
-                lines = []
-                prepared = []
-                for entry in todo[start : start + _CHUNK_RECORDS]:
-                    result = self.prepare(entry, image_dir)
-                    if isinstance(result, dict):
-                        logger.warning("skipped %s:%s: %s", entry.file, entry.position, result["reason"])
-                        lines.append({"position": entry.position, "skipped": result})
-                    else:
-                        prepared.append(result)
-                for item, record in zip(prepared, self.encode(prepared)):
-                    lines.append({"position": item.record.position, "record": record})
-                lines.sort(key=lambda entry: entry["position"])
-                handle.write("".join(json.dumps(entry) + "\n" for entry in lines))
-                handle.flush()
+        writer = self._writer(work, self.args.resume)
+        done = writer.done_keys()
+        todo = [
+            entry for entry in records[self.ctx.rank :: self.ctx.world_size] if entry.position not in done
+        ]
+        for start in range(0, len(todo), _CHUNK_RECORDS):
+            lines = []
+            prepared = []
+            for entry in todo[start : start + _CHUNK_RECORDS]:
+                result = self.prepare(entry, image_dir)
+                if isinstance(result, dict):
+                    logger.warning("skipped %s:%s: %s", entry.file, entry.position, result["reason"])
+                    lines.append({"position": entry.position, "skipped": result})
+                else:
+                    prepared.append(result)
+            for item, record in zip(prepared, self.encode(prepared)):
+                lines.append({"position": item.record.position, "record": record})
+            lines.sort(key=lambda entry: entry["position"])
+            writer.append(lines)
 
     def merge_file(self, work: Path, output: Path, skipped_store: Path) -> None:
         """Rank 0: join the parts in input order into the output and the file's skip list."""
-        entries = []
-        for rank in range(self.ctx.world_size):
-            entries += self._read_part(self._part_path(work, rank))
-        entries.sort(key=lambda entry: entry["position"])
-        skipped_store.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_lines(skipped_store, [e["skipped"] for e in entries if "skipped" in e])
-        output.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_lines(output, [e["record"] for e in entries if "record" in e])
-        for rank in range(self.ctx.world_size):
-            self._part_path(work, rank).unlink(missing_ok=True)
+
+        def publish(entries: list[dict[str, Any]]) -> None:
+            atomic_write_jsonl(skipped_store, [e["skipped"] for e in entries if "skipped" in e])
+            atomic_write_jsonl(output, [e["record"] for e in entries if "record" in e])
+
+        self._writer(work, resume=True).merge(write=publish, remove_parts=True)
 
     # ---- per dataset ----------------------------------------------------------------------
     def run_dataset(self, name: str, folders: DatasetMeta) -> dict[str, int]:
@@ -321,8 +304,8 @@ class CodebookInference:
                 statistics["ratio_mixed" if len(ratios) > 1 else "ratio_h{}_w{}".format(*ratios.pop())] += 1
             skipped += _read_lines(work_root / relative.with_suffix(".skipped.jsonl"))
         stats_path = folders.root / self.args.output_dirname / f"{self.version}_data_statistic.json"
-        stats_path.write_text(json.dumps(dict(sorted(statistics.items())), indent=2), encoding="utf-8")
-        _atomic_lines(out_root.parent / f"{self.version}_skipped.jsonl", skipped)
+        atomic_write_text(stats_path, json.dumps(dict(sorted(statistics.items())), indent=2))
+        atomic_write_jsonl(out_root.parent / f"{self.version}_skipped.jsonl", skipped)
         logger.info(
             "dataset %s: %d records tokenized, %d skipped (see %s)",
             name,
@@ -345,13 +328,6 @@ def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
             for line in handle:
                 if line.strip():
                     yield json.loads(line)
-
-
-def _atomic_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ from vision_tokenizer.data.datasets import build_dataset
 from vision_tokenizer.data.image_io import tensor_to_uint8
 from vision_tokenizer.data.sampler import collate_images
 from vision_tokenizer.models.dualvitok import DualViTok
-from vision_tokenizer.train.distributed import DistContext, init_distributed
+from vision_tokenizer.runtime.distributed import DistContext, init_distributed
 from vision_tokenizer.utils.config import load_config
 
 __all__ = ["main", "image_metrics", "find_inception_weights", "INCEPTION_WEIGHTS_FILE"]

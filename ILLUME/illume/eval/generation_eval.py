@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from vision_tokenizer.runtime.distributed import DistContext, init_distributed
+from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
 
 __all__ = ["EvalItem", "read_t2i_items", "read_edit_items", "out_image_name", "main"]
 
@@ -166,37 +167,6 @@ def _checkpoint(args: argparse.Namespace) -> Path:
         raise ValueError(f"{args.mllm_config} has no training_args.output_dir") from None
 
 
-def _distributed() -> tuple[int, int, torch.device]:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if world > 1 and "MASTER_ADDR" in os.environ and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def _done_ids(folder: Path, stem: str) -> set[int]:
-    done = set()
-    for part in folder.glob(f"{stem}.rank*.jsonl"):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                done.add(int(json.loads(line)["id"]))
-    return done
-
-
-def _merge(folder: Path, stem: str, expected: set[int]) -> bool:
-    """Write `{stem}.jsonl` from the rank parts once every expected id is present."""
-    rows: dict[int, str] = {}
-    for part in sorted(folder.glob(f"{stem}.rank*.jsonl")):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rows[int(json.loads(line)["id"])] = line
-    if not expected <= set(rows):
-        return False
-    (folder / f"{stem}.jsonl").write_text("".join(rows[i] + "\n" for i in sorted(rows)), encoding="utf-8")
-    return True
-
-
 def _output_text(codes: Any, height: int, width: int) -> str:
     from illume.vocab import image_block_text, resolution_tag
 
@@ -205,7 +175,7 @@ def _output_text(codes: Any, height: int, width: int) -> str:
 
 
 def _evaluate(
-    pipe: Any, task: str, dataset: str, items: list[EvalItem], ratios: list, args, rank: int, world: int
+    pipe: Any, task: str, dataset: str, items: list[EvalItem], ratios: list, args, ctx: DistContext
 ):
     from vision_tokenizer.data.image_io import load_image
 
@@ -229,9 +199,9 @@ def _evaluate(
         # Editing runs at each input's anchor; the official names that setting (-1, -1).
         ratio_name = "ratio_h-1_w-1" if ratio is None else f"ratio_h{ratio[0]}_w{ratio[1]}"
         stem = f"{name}_{ratio_name}"
-        done = _done_ids(root, stem)
-        mine = [item for item in items[rank::world] if item.id not in done]
-        part = root / f"{stem}.rank{rank}.jsonl"
+        writer = ShardedJsonlWriter(root, stem, rank=ctx.rank, world_size=ctx.world_size, key="id")
+        done = writer.done_keys()
+        mine = [item for item in items[ctx.rank :: ctx.world_size] if item.id not in done]
         for start in range(0, len(mine), args.batch_size):
             batch = mine[start : start + args.batch_size]
             seeds = [args.seed + item.id for item in batch]
@@ -272,28 +242,28 @@ def _evaluate(
                     (unpad_to_original(image, padded[k]) if edit else image).save(
                         target / item.out_image_path
                     )
-            with part.open("a", encoding="utf-8") as handle:
-                for k, item in enumerate(batch):
-                    h, w = codes[k].resolution
-                    record = dict(
-                        asdict(item),
-                        out_image_path=item.out_image_path,
-                        task=task,
-                        image_sizes=[h, w],
-                        image_embed_inds=[
-                            codes[k].semantic.flatten().tolist(),
-                            codes[k].pixel.flatten().tolist(),
-                        ],
-                        output_text=_output_text(codes[k], h, w),
-                    )
-                    if edit:
-                        record["original_sizes"] = [padded[k].original_size[1], padded[k].original_size[0]]
-                    handle.write(json.dumps(record) + "\n")
-            logger.info("%s: %d/%d on rank %d", stem, start + len(batch), len(mine), rank)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        if rank == 0 and _merge(root, stem, {item.id for item in items}):
-            logger.info("wrote %s", root / f"{stem}.jsonl")
+            rows = []
+            for k, item in enumerate(batch):
+                h, w = codes[k].resolution
+                record = dict(
+                    asdict(item),
+                    out_image_path=item.out_image_path,
+                    task=task,
+                    image_sizes=[h, w],
+                    image_embed_inds=[
+                        codes[k].semantic.flatten().tolist(),
+                        codes[k].pixel.flatten().tolist(),
+                    ],
+                    output_text=_output_text(codes[k], h, w),
+                )
+                if edit:
+                    record["original_sizes"] = [padded[k].original_size[1], padded[k].original_size[0]]
+                rows.append(record)
+            writer.append(rows)
+            logger.info("%s: %d/%d on rank %d", stem, start + len(batch), len(mine), ctx.rank)
+        ctx.barrier()
+        if ctx.is_main and writer.merge(expected={item.id for item in items}):
+            logger.info("wrote %s", writer.merged_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,24 +272,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from illume.inference import IllumePipeline
     from illume.vocab import RATIOS
 
-    rank, world, device = _distributed()
+    ctx = init_distributed()
     pipe = IllumePipeline.from_pretrained(
         _checkpoint(args),
         dualvitok=args.tokenizer_checkpoint,
         dualvitok_config=args.tokenizer_config,
         sdxl_decoder=args.diffusion_decoder_path,
-        device=device,
+        device=ctx.device,
         dtype=args.torch_dtype,
     )
     t2i_ratios = (
         list(RATIOS) if args.resolution_type == "fixed_anchors" else [(args.resolution, args.resolution)]
     )
     for path in args.t2i:
-        _evaluate(pipe, "t2i", path.stem, read_t2i_items(path), t2i_ratios, args, rank, world)
+        _evaluate(pipe, "t2i", path.stem, read_t2i_items(path), t2i_ratios, args, ctx)
     for path in args.edit:
-        _evaluate(pipe, "edit", path.stem, read_edit_items(path, args.image_dir), [None], args, rank, world)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        _evaluate(pipe, "edit", path.stem, read_edit_items(path, args.image_dir), [None], args, ctx)
+    ctx.close()
     return 0
 
 

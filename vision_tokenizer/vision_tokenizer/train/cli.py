@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vision_tokenizer.train.distributed import init_distributed
+from vision_tokenizer.runtime.distributed import init_distributed
 from vision_tokenizer.train.loop import Trainer
 from vision_tokenizer.train.options import TrainOptions
 from vision_tokenizer.train.run_logging import setup_file_logging

@@ -39,7 +39,7 @@ from vision_tokenizer.train.checkpointing import (
     prune_checkpoints,
     restore_rng_state,
 )
-from vision_tokenizer.train.distributed import (
+from vision_tokenizer.runtime.distributed import (
     DistContext,
     all_gather_objects,
     all_reduce_mean,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from PIL import Image
+from vision_tokenizer.runtime.distributed import init_distributed
 
 __all__ = ["IllumeLMMs", "IGNORED_OFFICIAL_ARGS"]
 
@@ -32,15 +31,6 @@ IGNORED_OFFICIAL_ARGS = frozenset({
 _SUPPORTED_GEN_KWARGS = frozenset(
     {"until", "max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "num_beams"}
 )
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment (accelerate / torchrun)."""
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
 
 
 def _truncate(text: str, stops: Sequence[str]) -> str:
@@ -88,9 +78,10 @@ class IllumeLMMs(lmms):
             logger.warning("ignoring official ILLUME plugin args that do not apply here: %s", sorted(kwargs))
         from illume.inference.pipeline import IllumePipeline
 
-        self._rank, self._world_size, local_rank = _distributed()
-        if device is None and torch.cuda.is_available():
-            device = f"cuda:{local_rank}"
+        # lmms-eval's launcher (accelerate) owns the process group: only read the ranks here.
+        ctx = init_distributed(device, join=False)
+        self._rank, self._world_size = ctx.rank, ctx.world_size
+        device = str(ctx.device)
         self.pipe = IllumePipeline.from_pretrained(
             pretrained, dualvitok=dualvitok, dualvitok_config=dualvitok_config, device=device, dtype=dtype
         )

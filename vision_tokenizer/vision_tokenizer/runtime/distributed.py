@@ -1,8 +1,10 @@
-"""Process-group setup for torchrun / single-process runs on CUDA, Ascend NPU or CPU.
+"""The process context of every job: device, collective backend, rank, world size.
 
-The device is picked automatically (CUDA, else NPU when `torch_npu` is installed, else CPU)
-with the matching backend (nccl / hccl / gloo). Without torchrun's environment the run is a
-single process and no process group is created.
+The device is picked automatically (CUDA, else Ascend NPU when `torch_npu` is installed, else
+CPU) with the matching backend (nccl / hccl / gloo). Ranks come from the launcher's environment
+(torchrun, accelerate: RANK / WORLD_SIZE / LOCAL_RANK). A process group is joined only when the
+launcher provided a rendezvous (MASTER_ADDR) and more than one rank runs, so a single process,
+or a rank started by hand with RANK/WORLD_SIZE set (tests, sharded re-runs), works without one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch.distributed as dist
 __all__ = [
     "DistContext",
     "init_distributed",
+    "pick_device",
+    "backend_for",
     "all_reduce_mean",
     "all_gather_objects",
     "average_tensors",
@@ -26,12 +30,13 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistContext:
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
+    backend: str
 
     @property
     def is_main(self) -> bool:
@@ -39,14 +44,15 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """True when collectives run (a process group exists and spans more than one rank)."""
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
 
     def close(self) -> None:
-        if dist.is_initialized():
+        if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -58,30 +64,47 @@ def _npu_available() -> bool:
     return bool(torch.npu.is_available())
 
 
-def pick_device(local_rank: int) -> tuple[torch.device, str]:
-    """The accelerator for this local rank and the collective backend that goes with it."""
+def backend_for(device: torch.device) -> str:
+    return {"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo")
+
+
+def pick_device(local_rank: int) -> torch.device:
+    """This local rank's accelerator (made current), or the CPU."""
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank), "nccl"
+        return torch.device("cuda", local_rank)
     if _npu_available():
         torch.npu.set_device(local_rank)
-        return torch.device("npu", local_rank), "hccl"
-    return torch.device("cpu"), "gloo"
+        return torch.device("npu", local_rank)
+    return torch.device("cpu")
 
 
-def init_distributed(device: str | None = None, timeout_minutes: int = 30) -> DistContext:
-    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK and join the process group if needed."""
+def init_distributed(
+    device: str | torch.device | None = None, timeout_minutes: int = 30, join: bool = True
+) -> DistContext:
+    """The context of this process; joins the process group when launched with a rendezvous.
+
+    `device` forces a device ("cpu", "cuda", "cuda:1", "npu"); a bare accelerator type gets this
+    rank's index. `join=False` only reads the environment (for hosts such as lmms-eval that set
+    up the group themselves).
+    """
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device is None:
-        chosen, backend = pick_device(local_rank)
+        chosen = pick_device(local_rank)
     else:
         chosen = torch.device(device)
-        backend = {"cuda": "nccl", "npu": "hccl"}.get(chosen.type, "gloo")
-    if world_size > 1 and not dist.is_initialized():
+        if chosen.type in ("cuda", "npu") and chosen.index is None:
+            chosen = torch.device(chosen.type, local_rank)
+        if chosen.type == "npu":
+            _npu_available()  # imports torch_npu so the device type exists
+    backend = backend_for(chosen)
+    if join and world_size > 1 and "MASTER_ADDR" in os.environ and not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
+    return DistContext(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=chosen, backend=backend
+    )
 
 
 def all_reduce_mean(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, float]:
