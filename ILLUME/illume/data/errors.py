@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vision_tokenizer.utils.user_errors import UserError
+
 __all__ = ["RecordLocation", "MalformedRecord", "RecordErrorPolicy", "ERROR_POLICIES"]
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ class RecordLocation:
         return f"{self.path}[{self.line}]" if self.is_item_index else f"{self.path}:{self.line}"
 
 
-class MalformedRecord(ValueError):
+class MalformedRecord(UserError, ValueError):
     """A record that cannot become a training sample; the message starts with `file:line`."""
 
     def __init__(self, location: RecordLocation | str, reason: str) -> None:

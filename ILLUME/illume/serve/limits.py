@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 from vision_tokenizer.data.image_io import ImageLoadError, load_image
+from vision_tokenizer.utils.user_errors import UserError
 
 __all__ = ["InputError", "InputLimits"]
 
@@ -22,7 +23,7 @@ def _article(noun: str) -> str:
     return "an" if noun[:1].lower() in "aeiou" else "a"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A request the demo refuses; the message is meant for the person who sent it."""
 
 

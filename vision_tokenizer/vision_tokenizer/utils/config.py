@@ -15,7 +15,17 @@ from typing import Any
 
 from mmengine.config import Config
 
-__all__ = ["Config", "load_config", "parse_override_value", "split_overrides", "apply_overrides"]
+from vision_tokenizer.utils.user_errors import UserError
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_override_value", "split_overrides", "apply_overrides"]
+
+class ConfigError(UserError, KeyError, ValueError):
+    """A config path or override the user gave that does not fit the config (one line on the CLI)."""
+
+
+class ConfigFileNotFoundError(UserError, FileNotFoundError):
+    """The config file named by the user does not exist."""
+
 
 _WORDS = {"true": True, "false": False, "none": None, "null": None}
 
@@ -51,17 +61,17 @@ def split_overrides(argv: Iterable[str]) -> tuple[list[str], dict[str, Any]]:
                 overrides[key] = parse_override_value(items[i + 1])
                 i += 1
             else:
-                raise ValueError(f"config override {item!r} has no value")
+                raise ConfigError(f"config override {item!r} has no value")
         else:
             rest.append(item)
         i += 1
     return rest, overrides
 
 
-def _missing_key(node: Any, key: str, path: str, dotted: str) -> KeyError:
+def _missing_key(node: Any, key: str, path: str, dotted: str) -> ConfigError:
     close = difflib.get_close_matches(key, [str(k) for k in node.keys()], n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return KeyError(f"config has no key {path!r} (override {dotted!r}){hint}")
+    return ConfigError(f"config has no key {path!r} (override {dotted!r}){hint}")
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -83,10 +93,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] | dict[str, An
     """Read a Python config file (with `_base_` inheritance) and apply command-line overrides."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise ConfigFileNotFoundError(f"config file not found: {path}")
     cfg = Config.fromfile(path)
     if not isinstance(overrides, dict):
         rest, overrides = split_overrides(overrides)
         if rest:
-            raise ValueError(f"not config overrides (expected --a.b=value): {rest}")
+            raise ConfigError(f"not config overrides (expected --a.b=value): {rest}")
     return apply_overrides(cfg, overrides)
