@@ -19,6 +19,7 @@ from vision_tokenizer.utils.user_errors import UserError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_override_value", "split_overrides", "apply_overrides"]
 
+
 class ConfigError(UserError, KeyError, ValueError):
     """A config path or override the user gave that does not fit the config (one line on the CLI)."""
 
