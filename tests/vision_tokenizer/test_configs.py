@@ -168,3 +168,78 @@ def test_override_with_a_typo_in_the_last_key_raises_with_a_suggestion() -> None
 def test_override_value_is_never_executed() -> None:
     cfg = load_config(ANYRES, ["--data_args.val.data_path=__import__('os').getcwd()"])
     assert cfg.data_args.val.data_path == "__import__('os').getcwd()"
+
+
+# ---------------------------------------------------------------- DualViTokConfig and the shipped configs
+
+
+@pytest.mark.parametrize("path", [ANYRES, FIX256], ids=lambda p: p.stem)
+def test_shipped_official_configs_equal_the_config_files(path: Path) -> None:
+    """The package's dict form is the same architecture as the checkout's official .py files."""
+    from vision_tokenizer.models.configuration_dualvitok import DualViTokConfig
+
+    shipped = DualViTokConfig.from_official(path.stem).to_vq_model()
+    from_file = load_config(path).vq_model.to_dict()
+    for key in ("semantic_detail_merge_type", "infer_interpolate"):  # not in the official files
+        assert shipped["config"].pop(key) == DualViTokConfig().to_dict()[key]
+    assert shipped == json.loads(json.dumps(from_file))
+
+
+def test_defaults_are_the_released_architecture() -> None:
+    from vision_tokenizer.models.configuration_dualvitok import DualViTokConfig
+
+    config = DualViTokConfig()
+    assert config.to_vq_model() == DualViTokConfig.from_official("dualvitok_anyres_max512").to_vq_model()
+    assert (config.semantic_quantizer["codebook_size"], config.pixel_quantizer["codebook_size"]) == (32768, 98304)
+    round_trip = DualViTokConfig.from_vq_model(json.loads(json.dumps(config.to_vq_model())))
+    assert round_trip.to_vq_model() == config.to_vq_model()
+
+
+def test_official_name_resolves_without_the_checkout(monkeypatch, tmp_path: Path) -> None:
+    """The released `vq_config` string needs no file: the resolver never looks at `configs/`."""
+    from vision_tokenizer.models import configuration_dualvitok as module
+
+    monkeypatch.chdir(tmp_path)
+    opened: list[str] = []
+    real_open = Path.open
+
+    def tracking_open(self, *args, **kwargs):
+        opened.append(str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", tracking_open)
+    config = module.read_dualvitok_config("configs/example/dualvitok/dualvitok_anyres_max512.py")
+    assert opened == [] and config.pixel_decoder["ch"] == 384
+    assert module.read_dualvitok_config("dualvitok_fix256").pixel_drop_rate == 0.1
+    # The definitions live in the installed package itself, not in data files of the checkout.
+    assert Path(module.__file__).parent.parent.name == "vision_tokenizer"
+    assert module.official_config_name("/abs/configs/example/dualvitok/dualvitok_fix256.py") is None
+    assert module.official_config_name("other/dir/dualvitok_fix256.py") is None
+
+
+def test_python_configs_run_only_when_allowed(tmp_path: Path) -> None:
+    from vision_tokenizer.models.configuration_dualvitok import read_dualvitok_config
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil.py"
+    script.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\nvq_model = dict(config=dict())\n")
+    with pytest.raises(ValueError, match="refusing to execute the Python config"):
+        read_dualvitok_config("evil.py", search_dirs=[tmp_path])
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match="nothing.json.*looked at"):
+        read_dualvitok_config("nothing.json", search_dirs=[tmp_path])
+
+
+def test_hub_style_config_json_is_read(tmp_path: Path, golden: Path) -> None:
+    """An HF-style config.json (model_type, architectures, auto_map, parts at the top level)."""
+    from vision_tokenizer.models.configuration_dualvitok import read_dualvitok_config
+
+    tiny = json.loads((golden / "dualvitok_tiny_config.json").read_text())
+    hub = {"architectures": ["DualViTok"], "auto_map": {"AutoModel": "modeling_dualvitok.DualViTok"},
+           "model_type": "dualvitok", **tiny["config"], "semantic_vit_config": tiny["_semantic_encoder_vit_config"]}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(hub))
+    config = read_dualvitok_config(tmp_path)
+    assert config.to_vq_model()["config"]["pixel_decoder"] == tiny["config"]["pixel_decoder"]
+    assert config.semantic_vit_config == tiny["_semantic_encoder_vit_config"]
+    with pytest.raises(ValueError, match="not a DualViTok"):
+        read_dualvitok_config({"model_type": "llama"})

@@ -184,7 +184,9 @@ def test_unsafe_or_unreadable_files_give_clear_errors(weights, tmp_path):
 def test_shapes_of_every_operation(model):
     (image,) = _images((64, 96))
     with torch.no_grad():
-        (q_sem, loss_sem, idx_sem, target), (q_pix, loss_pix, idx_pix) = model.encode(image)
+        encoding = model.encode(image)
+        q_sem, loss_sem, idx_sem, target = (getattr(encoding.semantic, f) for f in ("quant", "loss", "indices", "target"))
+        q_pix, loss_pix, idx_pix = encoding.pixel.quant, encoding.pixel.loss, encoding.pixel.indices
         assert q_sem.shape == (1, 8, 2, 3) and idx_sem.shape == (1, 2, 3) and target.shape == (1, 96, 2, 3)
         assert q_pix.shape == (1, 8, 4, 6) and idx_pix.shape == (1, 4, 6)
         assert loss_sem.ndim == 0 and loss_pix.ndim == 0 and idx_sem.dtype == torch.int64
@@ -212,7 +214,7 @@ def test_list_of_sizes_equals_each_alone(model):
         alone = [model.encode_code(image) for image in images]
         decoded = model.decode_code(list_sem, list_pix)
         codes = model.indices_to_codes(list_sem, list_pix)
-        semantic = model.decode_semantic(codes[0])
+        semantic = model.decode_semantic(codes.semantic)
     assert isinstance(list_sem, list) and len(list_sem) == 3
     for (sem, pix), (alone_sem, alone_pix) in zip(zip(list_sem, list_pix), alone):
         assert torch.equal(sem, alone_sem) and torch.equal(pix, alone_pix)
@@ -223,22 +225,24 @@ def test_list_of_sizes_equals_each_alone(model):
 def test_list_losses_average_over_all_positions(model):
     images = _images((64, 96), (96, 128), seed=3)
     with torch.no_grad():
-        (_, list_loss, idx, _), _ = model.encode(images)
-        alone = [model.encode(image)[0] for image in images]
+        listed = model.encode(images).semantic
+        alone = [model.encode(image).semantic for image in images]
+    list_loss, idx = listed.loss, listed.indices
     counts = [i.numel() for i in idx]
-    expected = sum(out[1] * n for out, n in zip(alone, counts)) / sum(counts)
+    expected = sum(out.loss * n for out, n in zip(alone, counts)) / sum(counts)
     torch.testing.assert_close(list_loss, expected)
 
 
 def test_forward_is_encode_then_both_decoders(model):
     (image,) = _images((64, 64), seed=4)
     with torch.no_grad():
-        (decoded_semantic, loss_sem, target), (reconstruction, loss_pix) = model(image)
-        (q_sem, enc_loss_sem, _, enc_target), (q_pix, enc_loss_pix, _) = model.encode(image)
-        torch.testing.assert_close(decoded_semantic, model.decode_semantic(q_sem))
-        torch.testing.assert_close(reconstruction, model.decode(q_sem, q_pix))
-    torch.testing.assert_close(target, enc_target)
-    assert loss_sem == enc_loss_sem and loss_pix == enc_loss_pix
+        out = model(image)
+        encoding = model.encode(image)
+        q_sem, q_pix = encoding.semantic.quant, encoding.pixel.quant
+        torch.testing.assert_close(out.semantic_decoded, model.decode_semantic(q_sem))
+        torch.testing.assert_close(out.reconstruction, model.decode(q_sem, q_pix))
+    torch.testing.assert_close(out.semantic_target, encoding.semantic.target)
+    assert out.semantic_loss == encoding.semantic.loss and out.pixel_loss == encoding.pixel.loss
 
 
 def test_pixel_code_dropout_only_in_training(weights):
@@ -260,3 +264,27 @@ def test_semantic_merge_is_fp32_bicubic_without_antialias(model):
     expected = torch.nn.functional.interpolate(q_sem, size=(5, 5), mode="bicubic", align_corners=False)
     torch.testing.assert_close(merged[:, :8], expected)
     assert torch.equal(merged[:, 8:], q_pix)
+
+
+def test_hub_folder_loads_without_config_argument(model, weights, tmp_path):
+    """The `dualvitok` Hub folder: pytorch_model.bin + an HF-style config.json (remote-code keys)."""
+    tiny = json.loads(TINY_CONFIG.read_text())
+    folder = tmp_path / "dualvitok"
+    folder.mkdir()
+    torch.save(weights, folder / "pytorch_model.bin")
+    hub = {"architectures": ["DualViTok"], "auto_map": {"AutoModel": "modeling.DualViTok"}, "model_type": "dualvitok",
+           **tiny["config"], "semantic_vit_config": tiny["_semantic_encoder_vit_config"]}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(hub))
+    assert _same_weights(model, DualViTok.from_pretrained(folder))
+
+
+def test_outputs_are_typed_and_codes_unpack(model):
+    (image,) = _images((64, 64), seed=5)
+    with torch.no_grad():
+        codes = model.encode_code(image)
+        semantic, pixel = codes
+        encoding = model.encode(image)
+    assert semantic is codes.semantic and pixel is codes.pixel
+    assert torch.equal(encoding.semantic.indices, semantic) and torch.equal(encoding.pixel.indices, pixel)
+    with pytest.raises(ValueError, match="all be tensors or all be lists"):
+        model.decode_code([semantic], pixel)

@@ -57,7 +57,10 @@ def _run_everything(model: DualViTok, recorded: dict[str, torch.Tensor]) -> dict
     try:
         with torch.no_grad():
             patches, grid_thw = prepare_vit_input(image)
-            (q_sem, loss_sem, idx_sem, target), (q_pix, loss_pix, idx_pix) = model.encode(image)
+            encoding = model.encode(image)
+            sem, pix = encoding.semantic, encoding.pixel
+            q_sem, loss_sem, idx_sem, target = sem.quant, sem.loss, sem.indices, sem.target
+            q_pix, loss_pix, idx_pix = pix.quant, pix.loss, pix.indices
             # Decoding starts from the recorded codes, as the reference did, so one near-tie flip
             # upstream cannot hide a decoder difference.
             codes_sem, codes_pix = model.indices_to_codes(

@@ -1,6 +1,7 @@
 """DualViTok and its parts: semantic ViT branch, SimVQ quantizers, MoVQ pixel branch."""
 
-from .dualvitok import DualViTok
+from .configuration_dualvitok import DualViTokConfig
+from .dualvitok import CodePair, DualViTok, DualViTokEncoding, DualViTokOutput
 from .movq import MoVQConfig, MoVQDecoder, MoVQEncoder
 from .quantizer import SimVQ
 from .semantic import SemanticDecoder, SemanticEncoder
@@ -9,6 +10,10 @@ from .vit_input import RESOLUTION_MAPPING, prepare_vit_input, vit_target_size
 
 __all__ = [
     "DualViTok",
+    "DualViTokConfig",
+    "CodePair",
+    "DualViTokEncoding",
+    "DualViTokOutput",
     "MoVQConfig",
     "MoVQDecoder",
     "MoVQEncoder",

@@ -6,15 +6,16 @@ the pixel grid, concatenates [semantic, pixel] channels and reconstructs the ima
 
 Module and state-dict names follow the official checkpoint (see `manifests/`), so the released
 weights load strictly. Images are [-1, 1] tensors: a [B, 3, H, W] batch, or a list of [1, 3, H, W]
-(or [3, H, W]) images of different sizes; lists give lists back, one entry per image.
+(or [3, H, W]) images of different sizes; lists give lists back, one entry per image. Results are
+dataclasses with named fields (`DualViTokEncoding`, `CodePair`, `DualViTokOutput`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,66 +25,95 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..utils.checkpoint import load_into, load_state_dict_file
-from ..utils.config import load_config
+from .configuration_dualvitok import DualViTokConfig, read_dualvitok_config
 from .movq import MoVQConfig, MoVQDecoder, MoVQEncoder
 from .quantizer import SimVQ
 from .semantic import SemanticDecoder, SemanticEncoder, rows_to_maps
 from .vit import Qwen2VLVisionRotaryEmbedding, vit_config
 from .vit_input import prepare_vit_input
 
-__all__ = ["DualViTok", "CONFIG_FILE_NAME", "WEIGHTS_FILE_NAME"]
+__all__ = [
+    "DualViTok",
+    "DualViTokConfig",
+    "CodePair",
+    "SemanticEncoding",
+    "PixelEncoding",
+    "DualViTokEncoding",
+    "DualViTokOutput",
+    "CONFIG_FILE_NAME",
+    "WEIGHTS_FILE_NAME",
+]
 
 CONFIG_FILE_NAME = "config.json"
 WEIGHTS_FILE_NAME = "model.safetensors"
-MODEL_TYPE = "DualViTok"
-# Explicit ViT hyper-parameters next to `config` (golden JSON files), overriding the encoder's name.
-VIT_CONFIG_KEY = "_semantic_encoder_vit_config"
-_COMMENT_KEYS = frozenset({"_note"})
 
 _SEMANTIC_ENCODER_KEYS = frozenset(
-    {
-        "semantic_encoder",
-        "num_blocks",
-        "proj_layer",
-        "z_channels",
-        "embed_dim",
-        "attn_implementation",
-        "target_mlp",
-    }
+    {"semantic_encoder", "num_blocks", "proj_layer", "z_channels", "embed_dim", "attn_implementation", "target_mlp"}
 )
 _SEMANTIC_DECODER_KEYS = frozenset(
     {"z_channels", "embed_dim", "output_channels", "num_blocks", "proj_layer", "attn_implementation"}
 )
 _QUANTIZER_KEYS = frozenset(
-    {
-        "type",
-        "dim",
-        "codebook_size",
-        "channel_first",
-        "rotation_trick",
-        "commitment_weight",
-        "input_to_quantize_commit_loss_weight",
-    }
-)
-_MODEL_KEYS = frozenset(
-    {
-        "semantic_encoder",
-        "semantic_quantizer",
-        "semantic_decoder",
-        "pixel_encoder",
-        "pixel_quantizer",
-        "pixel_decoder",
-        "pixel_drop_rate",
-        "pixel_drop_batch_rate",
-        "pixel_noise_type",
-        "semantic_detail_merge_type",
-        "infer_interpolate",
-    }
-)
+    {"type", "dim", "codebook_size", "channel_first", "rotation_trick", "commitment_weight",
+     "input_to_quantize_commit_loss_weight"}
+)  # fmt: skip
 NOISE_TYPES = ("random", "zero")
 MERGE_TYPES = ("cat",)
 
 Images = torch.Tensor | Sequence[torch.Tensor]
+Maps = torch.Tensor | list[torch.Tensor]
+
+
+@dataclass
+class CodePair:
+    """Semantic and pixel maps of the same images: index grids or code vectors (tensors or lists).
+
+    Unpacks as `semantic, pixel = pair`, the pair the official API returns.
+    """
+
+    semantic: Maps
+    pixel: Maps
+
+    def __iter__(self):
+        yield self.semantic
+        yield self.pixel
+
+
+@dataclass
+class SemanticEncoding:
+    """Semantic branch: code vectors [B, d, hs, ws], commitment loss (scalar), indices [B, hs, ws],
+    and the ViT features the semantic decoder learns to reconstruct [B, hidden, hs, ws]."""
+
+    quant: Maps
+    loss: torch.Tensor
+    indices: Maps
+    target: Maps
+
+
+@dataclass
+class PixelEncoding:
+    """Pixel branch: code vectors [B, d, H/16, W/16], commitment loss (scalar), indices [B, H/16, W/16]."""
+
+    quant: Maps
+    loss: torch.Tensor
+    indices: Maps
+
+
+@dataclass
+class DualViTokEncoding:
+    semantic: SemanticEncoding
+    pixel: PixelEncoding
+
+
+@dataclass
+class DualViTokOutput:
+    """The training pass: decoded semantic features and their target, the reconstruction, both losses."""
+
+    semantic_decoded: Maps
+    semantic_target: Maps
+    semantic_loss: torch.Tensor
+    reconstruction: Maps
+    pixel_loss: torch.Tensor
 
 
 def _checked(section: str, values: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
@@ -110,111 +140,99 @@ def _build_quantizer(section: str, values: Mapping[str, Any]) -> SimVQ:
     return SimVQ(**options)
 
 
-def _plain(value: Any) -> Any:
-    """mmengine ConfigDicts / tuples -> plain JSON-compatible dicts and lists (a copy)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return copy.deepcopy(value)
+@dataclass
+class _Groups:
+    """Items of a list batched by shape: `batches[g]` holds the items at `positions[g]`."""
+
+    count: int
+    positions: list[list[int]]
+    outputs: list[Any]
+
+    def gather(self, pick: Callable[[Any], torch.Tensor]) -> list[torch.Tensor]:
+        """One [1, ...] tensor per original item, in list order, from the picked batched outputs."""
+        result: list[Any] = [None] * self.count
+        for positions, output in zip(self.positions, self.outputs):
+            for position, item in zip(positions, pick(output).split(1)):
+                result[position] = item
+        return result
+
+    def mean(self, pick: Callable[[Any], torch.Tensor], weight: Callable[[Any], int]) -> torch.Tensor:
+        """A per-batch mean (a loss) as the mean over all items, weighted by `weight(output)`."""
+        weights = [weight(out) for out in self.outputs]
+        return sum(pick(out) * w for out, w in zip(self.outputs, weights)) / sum(weights)
 
 
-def _is_image_list(images: Images) -> bool:
-    if isinstance(images, torch.Tensor):
-        return False
-    if isinstance(images, Sequence):
-        return True
-    raise TypeError(f"images must be a [B, 3, H, W] tensor or a list of tensors, got {type(images).__name__}")
+def _over_items(fn: Callable[..., Any], *inputs: Images) -> Any:
+    """The one tensor-or-list branch: `fn` on [B, ...] tensors as they are; lists (equally long,
+    one [1, ...] or [C, H, W] entry per image) run `fn` once per group of equally shaped items
+    and come back as `_Groups` for the caller to reassemble."""
+    if all(isinstance(x, torch.Tensor) for x in inputs):
+        return fn(*inputs)
+    if any(isinstance(x, torch.Tensor) or not isinstance(x, Sequence) for x in inputs) or len(
+        {len(x) for x in inputs}
+    ) != 1:
+        raise ValueError("inputs must all be tensors or all be lists of the same length")
+    count = len(inputs[0])
+    if count == 0:
+        raise ValueError("no images given")
+    items = [[_as_item(x[i], i) for x in inputs] for i in range(count)]
+    groups: dict[tuple, list[int]] = {}
+    for i, parts in enumerate(items):
+        groups.setdefault(tuple(tuple(p.shape) for p in parts), []).append(i)
+    positions = list(groups.values())
+    outputs = [fn(*(torch.cat([items[i][k] for i in pos]) for k in range(len(inputs)))) for pos in positions]
+    return _Groups(count, positions, outputs)
 
 
-def _group_by_size(images: Sequence[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
-    """Stack same-size images of a list into batches: [(positions in the list, [n, 3, H, W])]."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    batch_images = []
+def _as_item(item: Any, index: int) -> torch.Tensor:
+    if not isinstance(item, torch.Tensor):
+        raise TypeError(f"item {index} is a {type(item).__name__}, expected a torch.Tensor")
+    return item
+
+
+def _image_list(images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    checked = []
     for i, image in enumerate(images):
-        if not isinstance(image, torch.Tensor):
-            raise TypeError(f"image {i} is a {type(image).__name__}, expected a torch.Tensor")
+        image = _as_item(image, i)
         image = image.unsqueeze(0) if image.ndim == 3 else image
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"image {i}: expected shape [1, 3, H, W] or [3, H, W], got {tuple(image.shape)}")
-        batch_images.append(image)
-        groups.setdefault(tuple(image.shape[-2:]), []).append(i)
-    if not batch_images:
-        raise ValueError("no images given")
-    return [(positions, torch.cat([batch_images[i] for i in positions])) for positions in groups.values()]
-
-
-def _scatter(count: int, groups: list[tuple[list[int], Any]]) -> list[Any]:
-    """Per-group batched results -> one [1, ...] entry per original image position."""
-    result: list[Any] = [None] * count
-    for positions, batch in groups:
-        for position, item in zip(positions, batch.split(1)):
-            result[position] = item
-    return result
+        checked.append(image)
+    return checked
 
 
 class DualViTok(nn.Module):
-    """The dual tokenizer. Build it with `from_config` / `from_pretrained`; keys match the official model."""
+    """The dual tokenizer. Build it from a `DualViTokConfig`, `from_config` or `from_pretrained`."""
 
-    def __init__(
-        self,
-        semantic_encoder: Mapping[str, Any],
-        semantic_quantizer: Mapping[str, Any],
-        semantic_decoder: Mapping[str, Any],
-        pixel_encoder: Mapping[str, Any],
-        pixel_quantizer: Mapping[str, Any],
-        pixel_decoder: Mapping[str, Any],
-        pixel_drop_rate: float | None = None,
-        pixel_drop_batch_rate: float = 0.1,
-        pixel_noise_type: str = "random",
-        semantic_detail_merge_type: str = "cat",
-        infer_interpolate: Any = None,
-        semantic_vit_config: Mapping[str, Any] | None = None,
-    ) -> None:
+    config_class = DualViTokConfig
+
+    def __init__(self, config: DualViTokConfig | None = None) -> None:
         super().__init__()
-        if pixel_noise_type not in NOISE_TYPES:
-            raise ValueError(f"pixel_noise_type must be one of {NOISE_TYPES}, got {pixel_noise_type!r}")
-        if semantic_detail_merge_type not in MERGE_TYPES:
+        config = config if config is not None else DualViTokConfig()
+        if config.pixel_noise_type not in NOISE_TYPES:
+            raise ValueError(f"pixel_noise_type must be one of {NOISE_TYPES}, got {config.pixel_noise_type!r}")
+        if config.semantic_detail_merge_type not in MERGE_TYPES:
             raise ValueError(
-                f"semantic_detail_merge_type must be one of {MERGE_TYPES}, got {semantic_detail_merge_type!r}"
+                f"semantic_detail_merge_type must be one of {MERGE_TYPES}, got {config.semantic_detail_merge_type!r}"
             )
-        self.config = {
-            "type": MODEL_TYPE,
-            "config": _plain(
-                {
-                    "semantic_encoder": semantic_encoder,
-                    "semantic_quantizer": semantic_quantizer,
-                    "semantic_decoder": semantic_decoder,
-                    "pixel_encoder": pixel_encoder,
-                    "pixel_quantizer": pixel_quantizer,
-                    "pixel_decoder": pixel_decoder,
-                    "pixel_drop_rate": pixel_drop_rate,
-                    "pixel_drop_batch_rate": pixel_drop_batch_rate,
-                    "pixel_noise_type": pixel_noise_type,
-                    "semantic_detail_merge_type": semantic_detail_merge_type,
-                    "infer_interpolate": infer_interpolate,
-                }
-            ),
-        }
-        if semantic_vit_config is not None:
-            self.config[VIT_CONFIG_KEY] = _plain(semantic_vit_config)
+        self.config = config
 
-        encoder_options = _checked("semantic_encoder", semantic_encoder, _SEMANTIC_ENCODER_KEYS)
+        encoder_options = _checked("semantic_encoder", config.semantic_encoder, _SEMANTIC_ENCODER_KEYS)
         vit_spec = encoder_options.pop("semantic_encoder", "Emova-ollm/qwen2vit600m")
         attn_implementation = encoder_options.get("attn_implementation", "sdpa")
         vit = vit_config(
-            semantic_vit_config if semantic_vit_config is not None else vit_spec, attn_implementation
+            config.semantic_vit_config if config.semantic_vit_config is not None else vit_spec, attn_implementation
         )
         self.semantic_encoder = SemanticEncoder(vit, **encoder_options)
-        self.semantic_quantizer = _build_quantizer("semantic_quantizer", semantic_quantizer)
+        self.semantic_quantizer = _build_quantizer("semantic_quantizer", config.semantic_quantizer)
         self.semantic_decoder = SemanticDecoder(
-            **_checked("semantic_decoder", semantic_decoder, _SEMANTIC_DECODER_KEYS)
+            **_checked("semantic_decoder", config.semantic_decoder, _SEMANTIC_DECODER_KEYS)
         )
 
-        encoder_config = MoVQConfig.from_dict(pixel_encoder)
-        decoder_config = MoVQConfig.from_dict(pixel_decoder)
+        encoder_config = MoVQConfig.from_dict(config.pixel_encoder)
+        decoder_config = MoVQConfig.from_dict(config.pixel_decoder)
         self.pixel_encoder = MoVQEncoder(encoder_config)
-        quantizer = _build_quantizer("pixel_quantizer", pixel_quantizer)
+        quantizer = _build_quantizer("pixel_quantizer", config.pixel_quantizer)
         self.pixel_quant_conv = nn.Conv2d(encoder_config.z_channels, quantizer.dim, kernel_size=1)
         self.pixel_quantizer = quantizer
         merged = self.semantic_quantizer.dim + quantizer.dim
@@ -225,54 +243,23 @@ class DualViTok(nn.Module):
         self.pixel_post_quant_conv = nn.Conv2d(merged, decoder_config.z_channels, kernel_size=1)
         self.pixel_decoder = MoVQDecoder(decoder_config)
 
-        self.pixel_drop_rate = pixel_drop_rate
-        self.pixel_drop_batch_rate = pixel_drop_batch_rate
-        self.pixel_noise_type = pixel_noise_type
+        self.pixel_drop_rate = config.pixel_drop_rate
+        self.pixel_drop_batch_rate = config.pixel_drop_batch_rate
+        self.pixel_noise_type = config.pixel_noise_type
 
     # ------------------------------------------------------------------ construction and I/O
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | str | os.PathLike) -> DualViTok:
-        """Build from the `vq_model` dict ({type, config}), a whole loaded config, a .py or a .json file."""
-        if isinstance(cfg, (str, os.PathLike)):
-            path = Path(cfg)
-            try:
-                return cls.from_config(cls._read_config_file(path))
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"{path}: {error}") from error
-        if hasattr(cfg, "to_dict") and not isinstance(cfg, Mapping):  # a loaded mmengine Config
-            cfg = cfg.to_dict()
-        if not isinstance(cfg, Mapping):
-            raise TypeError(f"DualViTok config must be a dict or a file path, got {type(cfg).__name__}")
-        cfg = _plain(cfg)
-        if "vq_model" in cfg and "type" not in cfg:
-            cfg = cfg["vq_model"]
-        unknown = sorted(set(cfg) - {"type", "config", VIT_CONFIG_KEY} - _COMMENT_KEYS)
-        if unknown or "config" not in cfg:
-            raise ValueError(
-                f"expected a vq_model dict {{'type': 'DualViTok', 'config': {{...}}}}; "
-                f"got keys {sorted(cfg)}" + (f" (unknown: {unknown})" if unknown else "")
-            )
-        if cfg.get("type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"vq_model type {cfg['type']!r} is not supported (choices: [{MODEL_TYPE!r}])")
-        options = _checked("config", cfg["config"], _MODEL_KEYS)
-        return cls(**options, semantic_vit_config=cfg.get(VIT_CONFIG_KEY))
-
-    @staticmethod
-    def _read_config_file(path: Path) -> Mapping[str, Any]:
-        if not path.is_file():
-            raise FileNotFoundError(f"DualViTok config not found: {path}")
-        if path.suffix == ".json":
-            try:
-                return json.loads(path.read_text())
-            except ValueError as error:
-                raise ValueError(f"invalid JSON in DualViTok config {path}: {error}") from error
-        if path.suffix == ".py":
-            loaded = load_config(path)
-            if "vq_model" not in loaded:
-                raise ValueError(f"config file {path} has no 'vq_model' entry")
-            return loaded["vq_model"]
-        raise ValueError(f"DualViTok config must be a .py or .json file, got {path}")
+    def from_config(cls, cfg: DualViTokConfig | Mapping[str, Any] | str | os.PathLike) -> DualViTok:
+        """Build from a `DualViTokConfig`, a vq_model dict, a whole loaded config, an official name,
+        or a .json / .py file the caller names (a .py config is code and is executed)."""
+        try:
+            config = read_dualvitok_config(cfg, allow_python=True)
+        except (TypeError, ValueError) as error:
+            if isinstance(cfg, (str, os.PathLike)) and str(cfg) not in str(error):
+                raise type(error)(f"{cfg}: {error}") from error
+            raise
+        return cls(config)
 
     @classmethod
     def from_pretrained(
@@ -280,15 +267,16 @@ class DualViTok(nn.Module):
         path: str | os.PathLike,
         use_ema: bool = False,
         strict: bool = True,
-        config: Mapping[str, Any] | str | os.PathLike | None = None,
+        config: DualViTokConfig | Mapping[str, Any] | str | os.PathLike | None = None,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> DualViTok:
         """Load weights from a file or folder in any official layout.
 
-        Without `config`, a folder's `config.json` (written by `save_pretrained`) describes the model.
-        With `strict`, the model is built without initialising weights and takes the checkpoint's
+        Without `config`, the folder's `config.json` describes the model: ours (the vq_model
+        dict) or the Hub folder's HF-style one; it is read as JSON, never executed. With
+        `strict`, the model is built without initialising weights and takes the checkpoint's
         tensors directly; any missing, unexpected or mis-shaped key is an error naming the keys.
         """
         path = Path(path)
@@ -298,15 +286,17 @@ class DualViTok(nn.Module):
                 raise ValueError(
                     f"no {CONFIG_FILE_NAME} beside {path}; pass config= (a vq_model dict, .py or .json config)"
                 )
-            config = config_file
+            model_config = read_dualvitok_config(config_file)
+        else:
+            model_config = read_dualvitok_config(config, allow_python=True)
         state_dict = load_state_dict_file(path, use_ema=use_ema)
         if strict:
             with torch.device("meta"):
-                model = cls.from_config(config)
+                model = cls(model_config)
             load_into(model, state_dict, strict=True, name=f"DualViTok ({path})", assign=True)
             model._reset_rotary_buffers()
         else:
-            model = cls.from_config(config)
+            model = cls(model_config)
             load_into(model, state_dict, strict=False, name=f"DualViTok ({path})")
         model.eval()
         if device is not None or dtype is not None:
@@ -323,16 +313,16 @@ class DualViTok(nn.Module):
                 module.original_inv_freq = inv_freq.clone().to(device)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `config.json` (the vq_model dict) and `model.safetensors` (the state dict)."""
+        """Write `config.json` (the official vq_model dict) and `model.safetensors` (the state dict)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE_NAME).write_text(json.dumps(self.config, indent=2) + "\n")
+        (directory / CONFIG_FILE_NAME).write_text(json.dumps(self.config.to_vq_model(), indent=2) + "\n")
         state = {key: tensor.detach().contiguous().cpu() for key, tensor in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE_NAME), metadata={"format": "pt"})
 
     # ------------------------------------------------------------------ encoding
 
-    def _encode_batch(self, images: torch.Tensor) -> tuple[tuple, tuple]:
+    def _encode_batch(self, images: torch.Tensor) -> DualViTokEncoding:
         patches, grid_thw = prepare_vit_input(images)
         z_rows, target_rows = self.semantic_encoder(patches, grid_thw)
         grid_hw = self.semantic_encoder.merged_grid(grid_thw)
@@ -342,46 +332,56 @@ class DualViTok(nn.Module):
 
         h_pixel = self.pixel_quant_conv(self.pixel_encoder(images.to(self.pixel_quant_conv.weight.dtype)))
         q_pixel, loss_pixel, idx_pixel = self.pixel_quantizer(h_pixel.float())
-        return (q_semantic, loss_semantic, idx_semantic, target), (q_pixel, loss_pixel, idx_pixel)
+        return DualViTokEncoding(
+            SemanticEncoding(q_semantic, loss_semantic, idx_semantic, target),
+            PixelEncoding(q_pixel, loss_pixel, idx_pixel),
+        )
 
-    def encode(self, images: Images) -> tuple[tuple, tuple]:
-        """((q_sem, loss_sem, idx_sem, target_sem), (q_pix, loss_pix, idx_pix)).
+    def encode(self, images: Images) -> DualViTokEncoding:
+        """Both branches' code vectors, commitment losses and indices (and the semantic target).
 
-        Shapes for a batch: q_sem [B, d, hs, ws], idx_sem [B, hs, ws], target_sem [B, hidden, hs, ws],
-        q_pix [B, d, H/16, W/16], idx_pix [B, H/16, W/16]; the losses are scalars (commitment
-        losses averaged over all positions). For a list, every map is a list of [1, ...] tensors.
+        For a list, every map is a list of [1, ...] tensors and each loss averages over all
+        positions of all images.
         """
-        if not _is_image_list(images):
-            return self._encode_batch(images)
-        groups = _group_by_size(images)
-        outputs = [(positions, self._encode_batch(batch)) for positions, batch in groups]
-        count = len(images)
+        if not isinstance(images, torch.Tensor):
+            if not isinstance(images, Sequence):
+                raise TypeError(
+                    f"images must be a [B, 3, H, W] tensor or a list of tensors, got {type(images).__name__}"
+                )
+            images = _image_list(images)
+        out = _over_items(self._encode_batch, images)
+        if not isinstance(out, _Groups):
+            return out
+        return DualViTokEncoding(
+            SemanticEncoding(
+                out.gather(lambda o: o.semantic.quant),
+                out.mean(lambda o: o.semantic.loss, lambda o: o.semantic.indices.numel()),
+                out.gather(lambda o: o.semantic.indices),
+                out.gather(lambda o: o.semantic.target),
+            ),
+            PixelEncoding(
+                out.gather(lambda o: o.pixel.quant),
+                out.mean(lambda o: o.pixel.loss, lambda o: o.pixel.indices.numel()),
+                out.gather(lambda o: o.pixel.indices),
+            ),
+        )
 
-        def gather(branch: int, item: int) -> list[torch.Tensor]:
-            return _scatter(count, [(positions, out[branch][item]) for positions, out in outputs])
+    def encode_code(self, images: Images) -> CodePair:
+        """Code grids: semantic [B, hs, ws] and pixel [B, H/16, W/16], or lists of [1, h, w] for a list."""
+        encoding = self.encode(images)
+        return CodePair(encoding.semantic.indices, encoding.pixel.indices)
 
-        def mean_loss(branch: int) -> torch.Tensor:
-            weights = [out[branch][2].numel() for _, out in outputs]
-            total = sum(out[branch][1] * w for (_, out), w in zip(outputs, weights))
-            return total / sum(weights)
+    def _codes_batch(self, idx_semantic: torch.Tensor, idx_pixel: torch.Tensor) -> CodePair:
+        return CodePair(
+            self.semantic_quantizer.indices_to_codes(idx_semantic), self.pixel_quantizer.indices_to_codes(idx_pixel)
+        )
 
-        semantic = (gather(0, 0), mean_loss(0), gather(0, 2), gather(0, 3))
-        pixel = (gather(1, 0), mean_loss(1), gather(1, 2))
-        return semantic, pixel
-
-    def encode_code(self, images: Images) -> tuple[Any, Any]:
-        """Code grids (idx_sem [B, hs, ws], idx_pix [B, H/16, W/16]), or lists of [1, h, w] for a list."""
-        (_, _, idx_semantic, _), (_, _, idx_pixel) = self.encode(images)
-        return idx_semantic, idx_pixel
-
-    def indices_to_codes(self, idx_semantic: Images, idx_pixel: Images) -> tuple[Any, Any]:
-        """Code vectors (q_sem [B, d, hs, ws], q_pix [B, d, hp, wp]) for index grids (or lists of grids)."""
-        if isinstance(idx_semantic, torch.Tensor) and isinstance(idx_pixel, torch.Tensor):
-            return self.semantic_quantizer.indices_to_codes(
-                idx_semantic
-            ), self.pixel_quantizer.indices_to_codes(idx_pixel)
-        pairs = [self.indices_to_codes(s, p) for s, p in self._pairs(idx_semantic, idx_pixel)]
-        return [s for s, _ in pairs], [p for _, p in pairs]
+    def indices_to_codes(self, idx_semantic: Images, idx_pixel: Images) -> CodePair:
+        """Code vectors (semantic [B, d, hs, ws], pixel [B, d, hp, wp]) for index grids (or lists of grids)."""
+        out = _over_items(self._codes_batch, idx_semantic, idx_pixel)
+        if not isinstance(out, _Groups):
+            return out
+        return CodePair(out.gather(lambda o: o.semantic), out.gather(lambda o: o.pixel))
 
     # ------------------------------------------------------------------ decoding
 
@@ -417,38 +417,31 @@ class DualViTok(nn.Module):
         quant = self.merge_quants(q_semantic, q_pixel).to(dtype)
         return self.pixel_decoder(self.pixel_post_quant_conv(quant), quant)
 
-    @staticmethod
-    def _pairs(semantic: Images, pixel: Images) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if (
-            isinstance(semantic, torch.Tensor)
-            or isinstance(pixel, torch.Tensor)
-            or len(semantic) != len(pixel)
-        ):
-            raise ValueError(
-                "semantic and pixel inputs must both be tensors or both be lists of the same length"
-            )
-        return list(zip(semantic, pixel))
-
-    def decode(self, q_semantic: Images, q_pixel: Images) -> torch.Tensor | list[torch.Tensor]:
+    def decode(self, q_semantic: Images, q_pixel: Images) -> Maps:
         """Images [B, 3, 16*hp, 16*wp] in about [-1, 1] from both code maps (lists give lists)."""
-        if isinstance(q_semantic, torch.Tensor) and isinstance(q_pixel, torch.Tensor):
-            return self._decode_batch(q_semantic, q_pixel)
-        return [self._decode_batch(s, p) for s, p in self._pairs(q_semantic, q_pixel)]
+        out = _over_items(self._decode_batch, q_semantic, q_pixel)
+        return out.gather(lambda o: o) if isinstance(out, _Groups) else out
 
-    def decode_code(self, idx_semantic: Images, idx_pixel: Images) -> torch.Tensor | list[torch.Tensor]:
+    def decode_code(self, idx_semantic: Images, idx_pixel: Images) -> Maps:
         """Images from code indices: `decode(*indices_to_codes(...))`."""
-        return self.decode(*self.indices_to_codes(idx_semantic, idx_pixel))
+        codes = self.indices_to_codes(idx_semantic, idx_pixel)
+        return self.decode(codes.semantic, codes.pixel)
 
-    def decode_semantic(self, q_semantic: Images) -> torch.Tensor | list[torch.Tensor]:
+    def decode_semantic(self, q_semantic: Images) -> Maps:
         """Reconstructed (normalised) ViT features [B, hidden, hs, ws] from semantic codes."""
         return self.semantic_decoder(q_semantic)
 
-    def forward(self, images: Images) -> tuple[tuple, tuple]:
-        """((dec_sem, loss_sem, target_sem), (reconstruction, loss_pix)) — the training pass."""
-        (q_semantic, loss_semantic, _, target), (q_pixel, loss_pixel, _) = self.encode(images)
-        decoded_semantic = self.decode_semantic(q_semantic)
-        reconstruction = self.decode(q_semantic, q_pixel)
-        return (decoded_semantic, loss_semantic, target), (reconstruction, loss_pixel)
+    def forward(self, images: Images) -> DualViTokOutput:
+        """The training pass: encode, then both decoders."""
+        encoding = self.encode(images)
+        semantic, pixel = encoding.semantic, encoding.pixel
+        return DualViTokOutput(
+            semantic_decoded=self.decode_semantic(semantic.quant),
+            semantic_target=semantic.target,
+            semantic_loss=semantic.loss,
+            reconstruction=self.decode(semantic.quant, pixel.quant),
+            pixel_loss=pixel.loss,
+        )
 
     @property
     def device(self) -> torch.device:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import shutil
 from typing import Any
 
 import numpy as np
@@ -30,14 +31,11 @@ from vision_tokenizer.data.datasets import build_dataset
 from vision_tokenizer.data.sampler import ResolutionGroupedBatchSampler, collate_images
 from vision_tokenizer.losses import DualViTokLoss
 from vision_tokenizer.models.dualvitok import DualViTok
-from vision_tokenizer.train.checkpointing import (
-    atomic_save,
+from vision_tokenizer.runtime.checkpoints import (
+    CheckpointDir,
     capture_rng_state,
-    checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
     restore_rng_state,
+    torch_load,
 )
 from vision_tokenizer.runtime.distributed import (
     DistContext,
@@ -51,8 +49,9 @@ from vision_tokenizer.train.options import TrainOptions
 from vision_tokenizer.train.run_logging import RunLogger, reconstruction_grid
 from vision_tokenizer.train.schedule import AnnealingLR
 from vision_tokenizer.utils.checkpoint import load_into, load_state_dict_file
+from vision_tokenizer.utils.user_errors import UserError
 
-__all__ = ["Trainer", "plain_config"]
+__all__ = ["Trainer", "plain_config", "choose_start"]
 
 logger = logging.getLogger(__name__)
 # Modules that stay trainable with `finetune_decoder=True`.
@@ -70,8 +69,42 @@ def plain_config(value: Any) -> Any:
     return value
 
 
-def _is_training_checkpoint(state: dict[str, Any]) -> bool:
-    return "model" in state and "optimizer" in state and "steps" in state
+def choose_start(cfg: Any, fresh: bool = False, overwrite: bool = False) -> None:
+    """Set `cfg.resume` the way the command line promises: continue the run in `results_dir`
+    when it has checkpoints (the default), or start over with `fresh`, which deletes an earlier
+    run's checkpoints and logs only with `overwrite`."""
+    run_dir = os.path.join(cfg.results_dir, str(cfg.vq_model.get("type", "DualViTok")))
+    if not fresh:
+        if not cfg.get("resume"):
+            cfg.resume = "latest"
+        return
+    earlier = [
+        os.path.join(run_dir, name)
+        for name in ("checkpoints", "metrics.jsonl", "log.txt", "logs")
+        if os.path.exists(os.path.join(run_dir, name))
+    ]
+    if earlier and not overwrite:
+        raise UserError(
+            f"--fresh: {run_dir} holds an earlier run ({', '.join(os.path.basename(p) for p in earlier)}); "
+            "add --overwrite to delete it, or leave out --fresh to resume it"
+        )
+    for path in earlier:
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if earlier:
+        logger.warning("--fresh --overwrite: deleted the earlier run's %s", ", ".join(earlier))
+    cfg.resume = None
+
+
+def _is_training_checkpoint(state: Any) -> bool:
+    return isinstance(state, dict) and "model" in state and "optimizer" in state and "steps" in state
+
+
+def _training_state(path: Any) -> dict[str, Any]:
+    """A training checkpoint's state, or an error saying why the file cannot be resumed from."""
+    state = torch_load(path)
+    if not _is_training_checkpoint(state):
+        raise ValueError(f"{path} is not a training checkpoint (no model/optimizer/steps)")
+    return state
 
 
 class Trainer:
@@ -85,6 +118,7 @@ class Trainer:
         self.device = ctx.device
         self.run_dir = os.path.join(opts.results_dir, str(cfg.vq_model.get("type", "DualViTok")))
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        self.checkpoints = CheckpointDir(self.ckpt_dir, keep=opts.ckpt_keep)
         self.sample_dir = opts.sample_dir or os.path.join(self.run_dir, "samples")
 
         rank_seed = opts.global_seed * ctx.world_size + ctx.rank
@@ -150,6 +184,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.next_batch = 0
+        self.resumed_logs: dict[str, int] = {}
+        self.set_aside: list[Any] = []
         self._initial_weights_or_resume()
 
         forward_model: nn.Module = torch.compile(self.model) if opts.compile else self.model
@@ -160,7 +196,12 @@ class Trainer:
                 broadcast_buffers=False,
             )
         self.forward_model = forward_model
-        self.logger = RunLogger(self.run_dir, enabled=ctx.is_main)
+        self.logger = RunLogger(self.run_dir, enabled=ctx.is_main, resume_step=self.step)
+        # Lines written after the checkpoint by the run that was killed would be repeated.
+        if self.logger.rewind(self.resumed_logs):
+            logger.info("continuing the run logs from step %d", self.step)
+        for path in self.set_aside:
+            logger.warning("an unusable checkpoint was moved aside: %s", path)
         for key in opts.ignored_keys():
             if cfg.get(key):
                 logger.info("config key %s=%r has no effect in this implementation", key, cfg.get(key))
@@ -200,18 +241,21 @@ class Trainer:
 
     def _initial_weights_or_resume(self) -> None:
         opts = self.options
-        path = opts.vq_ckpt
-        if opts.resume:
-            path = latest_checkpoint(self.ckpt_dir) if opts.resume == "latest" else opts.resume
-            if path is None:
-                logger.info("resume=latest: no checkpoint in %s yet, starting a new run", self.ckpt_dir)
+        if opts.resume == "latest":
+            point = self.checkpoints.latest(_training_state, set_aside=self.ctx.is_main)
+            if point is not None:
+                self._resume(point.state, str(point.checkpoint.path))
+                self.set_aside = point.set_aside
                 return
+            logger.info("resume=latest: no complete checkpoint in %s yet, starting a new run", self.ckpt_dir)
+        elif opts.resume:
+            self._resume(_training_state(opts.resume), opts.resume)
+            return
+        path = opts.vq_ckpt
         if not path:
             return
-        state = (
-            load_checkpoint(path) if path.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path) else None
-        )
-        if state is not None and _is_training_checkpoint(state) and not opts.finetune:
+        state = torch_load(path) if path.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path) else None
+        if _is_training_checkpoint(state) and not opts.finetune:
             self._resume(state, path)
         else:
             weights = load_state_dict_file(path)
@@ -246,7 +290,7 @@ class Trainer:
         )
         rng = state.get("rng") or []
         if len(rng) == self.ctx.world_size:
-            restore_rng_state(rng[self.ctx.rank])
+            restore_rng_state(rng[self.ctx.rank], self.device)
         else:
             logger.warning(
                 "%s was written by %d ranks, this run has %d: random streams are re-seeded, "
@@ -255,6 +299,7 @@ class Trainer:
                 len(rng),
                 self.ctx.world_size,
             )
+        self.resumed_logs = state.get("log_offsets") or {}
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.next_batch
         )
@@ -285,14 +330,12 @@ class Trainer:
             sync = contextlib.nullcontext() if syncing else self.forward_model.no_sync()
             with sync:
                 with self._autocast():
-                    (decoded_sem, loss_sem, target_sem), (reconstruction, loss_pix) = self.forward_model(
-                        inputs
-                    )
+                    out = self.forward_model(inputs)
                     loss, step_logs = self.loss_fn.generator_loss(
                         inputs,
-                        reconstruction,
-                        loss_pix,
-                        (decoded_sem, loss_sem, target_sem),
+                        out.reconstruction,
+                        out.pixel_loss,
+                        (out.semantic_decoded, out.semantic_loss, out.semantic_target),
                         self.step,
                         last_layer,
                     )
@@ -301,7 +344,7 @@ class Trainer:
                         f"generator loss is {loss.item()} at step {self.step}: {step_logs}"
                     )
                 self.scaler.scale(loss / count).backward()
-            pairs.append((inputs, reconstruction.detach()))
+            pairs.append((inputs, out.reconstruction.detach()))
             for name, value in step_logs.items():
                 logs[name] = logs.get(name, 0) + value / count
 
@@ -359,13 +402,13 @@ class Trainer:
         return state
 
     def save_checkpoint(self) -> str:
-        rng_states = all_gather_objects(capture_rng_state(), self.ctx)
-        path = checkpoint_path(self.ckpt_dir, self.step)
+        rng_states = all_gather_objects(capture_rng_state(self.device), self.ctx)
+        path = str(self.checkpoints.path_for(self.step))
         if self.ctx.is_main:
             state = self.checkpoint_state()
             state["rng"] = rng_states
-            atomic_save(state, path)
-            prune_checkpoints(self.ckpt_dir, self.options.ckpt_keep)
+            state["log_offsets"] = self.logger.offsets()
+            self.checkpoints.save(self.step, lambda target: torch.save(state, target))
             logger.info("saved checkpoint %s", path)
         self.ctx.barrier()
         return path
