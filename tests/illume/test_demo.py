@@ -60,7 +60,7 @@ def test_chat_answer_is_the_pipelines_answer(
 ) -> None:
     session = _last(handlers.chat(None, QUESTION, str(photo), max_new_tokens=NEW_TOKENS))
     expected = pipe.understand(Image.open(photo).convert("RGB"), QUESTION, max_new_tokens=NEW_TOKENS)[0]
-    assert session.turns == (("user", "<image>\n" + QUESTION), ("assistant", expected))
+    assert session.turns == (("user", QUESTION, 1), ("assistant", expected))
     assert len(session.images) == 1
     assert [m["role"] for m in session.messages()] == ["user", "user", "assistant"]
     assert session.messages()[0]["content"] == {"path": str(photo)}

@@ -10,6 +10,7 @@ from illume.inference import IllumePipeline
 from illume.inference.images import pad_to_anchor, unpad_to_original
 from illume.inference.prompts import (
     EDITING,
+    Prompt,
     RANDOM_IMAGE,
     RECONSTRUCTION,
     TEXT_TO_IMAGE,
@@ -123,7 +124,7 @@ def test_understanding_prompts_tokenize_like_the_golden_cases(pipe, golden):
     summary = json.loads((golden / "mllm_summary.json").read_text())
     for name in ("text_only", "one_image"):
         expected = load_file(golden / f"mllm_tiny_{name}.safetensors")["input_ids"][0].tolist()
-        assert pipe._tokenize(summary[name]["prompt"]) == expected
+        assert pipe._tokenize(Prompt.template(summary[name]["prompt"])) == expected
     message = understanding_message("Describe the image.", 1)
     assert (
         pipe._tokenize(pipe.template.generation_prompt(message))

@@ -42,7 +42,16 @@ from illume.inference.prompts import (
     user_message,
 )
 from illume.inference.sampling import SamplingConfig, row_keys
-from illume.vocab import IMAGE_TOKEN, RATIOS, ImageGrid, ImageVocabulary
+from illume.inference.validation import (
+    ContextLimits,
+    InvalidSetting,
+    check_count,
+    check_prompt_length,
+    check_resolution,
+    check_sampling,
+    supported_resolutions,
+)
+from illume.vocab import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, RATIOS, ImageGrid, ImageVocabulary
 
 __all__ = ["ImageCodes", "ChatReply", "IllumePipeline", "resolve_dtype"]
 
@@ -149,6 +158,9 @@ class IllumePipeline:
         tower = getattr(model.config, "mm_vision_tower", None) or {}
         self.min_pixels = int(tower.get("min_pixels", 32 * 32))
         self.max_pixels = int(tower.get("max_pixels", 768 * 768))
+        # `ImageVocabulary` holds every resolution tag, so the sizes are those of the tag table.
+        self.resolutions = supported_resolutions()
+        self.context = ContextLimits.from_config(model.config)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -217,13 +229,27 @@ class IllumePipeline:
     def _tokenize(self, prompt: str) -> list[int]:
         return tokenize_prompt(prompt, self.tokenizer)
 
+    def _check_length(self, ids: list[int], images: Sequence[torch.Tensor], new_tokens: int) -> None:
+        """The prompt with its input images' blocks must fit the model and leave `new_tokens`."""
+        blocks = sum(ImageGrid.for_resolution(*image.shape[-2:]).num_tokens for image in images)
+        check_prompt_length(len(ids) - ids.count(IMAGE_TOKEN_INDEX) + blocks, new_tokens, self.context)
+
+    @staticmethod
+    def _text_sampling(temperature: float, top_k: int, top_p: float, do_sample: bool) -> SamplingConfig:
+        """Checked text sampling; temperature 0 means greedy."""
+        knobs = check_sampling(temperature, top_k, top_p)
+        if knobs["temperature"] == 0:
+            knobs["temperature"], do_sample = 1.0, False
+        return SamplingConfig.create(knobs["temperature"], knobs["top_k"], knobs["top_p"], do_sample=do_sample)
+
     # ------------------------------------------------------------------ understanding
     def stream_chat(
         self, messages: Sequence[tuple[str, str]], images: Sequence[Image.Image] = (), **options: Any
     ) -> Iterator[str]:
-        """Stream the answer to a conversation `messages` [("user"|"assistant", text), ...].
+        """Stream the answer to a conversation `messages` [("user"|"assistant", text[, n_images]), ...].
 
-        Each `<image>` in the user turns stands for the next of `images`. Options (defaults):
+        Texts are plain text (a typed `<image>` or `<|im_end|>` stays text); a turn's `n_images`
+        (default 0) places the next that many of `images` before its text. Options (defaults):
         `max_new_tokens` 512, `temperature` 1.0, `top_k` 50, `top_p` 1.0, `do_sample` False
         (greedy), `seed` 42, `allow_images` False — when True the model may answer with image
         blocks (at `image_resolution` (512, 512) if it gives no resolution tag), shown as
@@ -256,20 +282,22 @@ class IllumePipeline:
         allow_images: bool = False,
         image_resolution: tuple[int, int] = (512, 512),
     ) -> Iterator[tuple[str, list[int]]]:
-        sampling = SamplingConfig.create(temperature, top_k, top_p, do_sample=do_sample)
+        sampling = self._text_sampling(temperature, top_k, top_p, do_sample)
+        max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
+        image_resolution = check_resolution(image_resolution, self.resolutions, "image_resolution")
         roles = {"user": USER, "assistant": ASSISTANT}
-        try:
-            turns = [(roles[role], text) for role, text in messages]
-        except KeyError as err:
-            raise ValueError(f"message role {err.args[0]!r} is not 'user' or 'assistant'") from None
+        turns = []
+        for role, text, *shown in messages:
+            if role not in roles:
+                raise InvalidSetting(f"message role {role!r} is not 'user' or 'assistant'")
+            turns.append((roles[role], understanding_message(text, *shown) if shown else text))
         prompt = self.template.render([*turns, (ASSISTANT, None)])
         ids = self._tokenize(prompt)
-        markers = sum(1 for i in ids if i < 0)
+        markers = ids.count(IMAGE_TOKEN_INDEX)
         if markers != len(images):
-            raise ValueError(
-                f"the conversation has {markers} <image> marker(s) but {len(images)} image(s) were given"
-            )
+            raise InvalidSetting(f"the conversation shows {markers} image(s) but {len(images)} were given")
         tensors = [understanding_tensor(img, self.min_pixels, self.max_pixels) for img in images]
+        self._check_length(ids, tensors, max_new_tokens)
         embeds = self._prompt_embeddings([ids], tensors)
         spec = RowSpec(allow_images=allow_images, default_grid=ImageGrid.for_resolution(*image_resolution))
         keys = row_keys([torch.Generator().manual_seed(seed)])
@@ -300,9 +328,7 @@ class IllumePipeline:
     def stream_understand(self, image: Image.Image | None, question: str, **kwargs: Any) -> Iterator[str]:
         """Stream the answer to one question about one image (or none)."""
         images = [] if image is None else [image]
-        yield from self.stream_chat(
-            [("user", understanding_message(question, len(images)))], images, **kwargs
-        )
+        yield from self.stream_chat([("user", question, len(images))], images, **kwargs)
 
     def understand(
         self,
@@ -319,8 +345,11 @@ class IllumePipeline:
         """Answer questions about images, batched: one answer per row.
 
         `images`: one image, or one entry per row (an image, a list of images, or None);
-        `question`: one string for every row, or one per row. Greedy unless `do_sample`.
+        `question`: one string for every row, or one per row (plain text: the images go before it).
+        Greedy unless `do_sample`.
         """
+        sampling = self._text_sampling(temperature, top_k, top_p, do_sample)
+        max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
         if isinstance(images, Image.Image) or images is None:
             images = [images]
         questions = [question] if isinstance(question, str) else list(question)
@@ -332,12 +361,9 @@ class IllumePipeline:
             row_images = [] if item is None else ([item] if isinstance(item, Image.Image) else list(item))
             message = understanding_message(text, len(row_images))
             id_rows.append(self._tokenize(self.template.generation_prompt(message)))
-            if sum(1 for i in id_rows[-1] if i < 0) != len(row_images):
-                raise ValueError(
-                    f"question {text!r} has a different number of <image> markers than images ({len(row_images)})"
-                )
-            tensors += [understanding_tensor(img, self.min_pixels, self.max_pixels) for img in row_images]
-        sampling = SamplingConfig.create(temperature, top_k, top_p, do_sample=do_sample)
+            row_tensors = [understanding_tensor(img, self.min_pixels, self.max_pixels) for img in row_images]
+            self._check_length(id_rows[-1], row_tensors, max_new_tokens)
+            tensors += row_tensors
         keys = row_keys([torch.Generator().manual_seed(s) for s in _seeds(seed, count)])
         out = self.engine.generate(
             self._prompt_embeddings(id_rows, tensors),
@@ -357,7 +383,10 @@ class IllumePipeline:
             if options:
                 raise TypeError(f"pass either sampling= or sampling keywords, not both ({sorted(options)})")
             return sampling
-        return SamplingConfig.create(temperature, top_k, top_p, cfg_scale=cfg_scale, **options)
+        knobs = check_sampling(temperature, top_k, top_p, options)
+        if knobs["temperature"] == 0:
+            knobs["temperature"], options["do_sample"] = 1.0, False
+        return SamplingConfig.create(**{**options, **knobs}, cfg_scale=cfg_scale)
 
     def _generate_rows(
         self,
@@ -417,9 +446,13 @@ class IllumePipeline:
         `official_double_sampling`, or a whole `sampling=SamplingConfig`.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise InvalidSetting("no prompts: give at least one caption")
         sizes = _as_list(
             [resolution] if isinstance(resolution[0], int) else resolution, len(prompts), "resolution"
         )
+        sizes = [check_resolution(size, self.resolutions) for size in sizes]
+        batch_size = check_count(batch_size, "batch_size")
         sampling = self._sampling(cfg_scale, temperature, top_k, top_p, sampling_options)
         cond, uncond, grids = [], [], []
         for text, (h, w) in zip(prompts, sizes):
@@ -430,6 +463,7 @@ class IllumePipeline:
             uncond.append(
                 self._tokenize(generation_prompt(user_message(RANDOM_IMAGE, h, w), h, w, self.template))
             )
+            self._check_length(cond[-1], [], grids[-1].num_tokens)
         return self._generate_rows(
             cond, uncond, [], grids, sampling, _seeds(seed, len(prompts)), batch_size, progress
         )
@@ -483,8 +517,14 @@ class IllumePipeline:
         images = [images] if isinstance(images, Image.Image) else list(images)
         instructions = [instructions] if isinstance(instructions, str) else list(instructions)
         count = max(len(images), len(instructions))
+        if not images:
+            raise InvalidSetting("no images to edit: give at least one")
         images = _as_list(images, count, "images")
         instructions = _as_list(instructions, count, "instructions")
+        if resolution is not None:
+            resolution = check_resolution(resolution, self.resolutions)
+        anchors = [check_resolution(anchor, self.resolutions, "anchor") for anchor in anchors]
+        batch_size = check_count(batch_size, "batch_size")
         sampling = self._sampling(cfg_scale, temperature, top_k, top_p, sampling_options)
         cond, uncond, grids, tensors, padded = [], [], [], [], []
         for image, text in zip(images, instructions):
@@ -499,6 +539,7 @@ class IllumePipeline:
             uncond.append(
                 self._tokenize(generation_prompt(user_message(RECONSTRUCTION, h, w), h, w, self.template))
             )
+            self._check_length(cond[-1], tensors[-1:], grids[-1].num_tokens)
         codes = self._generate_rows(
             cond, uncond, tensors, grids, sampling, _seeds(seed, count), batch_size, progress
         )

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from illume.serve.limits import InputError, InputLimits
-from illume.vocab import IMAGE_TOKEN, RATIOS
+from illume.vocab import RATIOS
 
 __all__ = ["AUTO_RESOLUTION", "RESOLUTIONS", "DECODER_CHOICES", "resolution_label", "resolution_choices",
            "parse_resolution", "ChatSession", "DemoHandlers"]  # fmt: skip
@@ -46,7 +46,7 @@ def parse_resolution(label: str, allow_auto: bool = False) -> tuple[int, int] | 
 
 @dataclass(frozen=True)
 class ChatSession:
-    """One browser session's conversation: model turns (with `<image>` markers), images, display."""
+    """One browser session's conversation: model turns `(role, text[, images shown])`, images, display."""
 
     turns: tuple[tuple[str, str], ...] = ()
     images: tuple[Image.Image, ...] = ()
@@ -86,6 +86,7 @@ class DemoHandlers:
         session = session or ChatSession()
         text = self.limits.check_prompt(message, "message")
         new_tokens = self.limits.check_new_tokens(max_new_tokens)
+        temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
         if len(session.turns) // 2 >= self.limits.max_turns_per_chat:
             raise InputError(
                 f"This conversation reached {self.limits.max_turns_per_chat} turns; press Clear to start over."
@@ -99,9 +100,8 @@ class DemoHandlers:
                 )
             images = (*images, self.limits.load_image(image_path))
             shown.append({"role": "user", "content": {"path": str(image_path)}})
-            text = IMAGE_TOKEN + "\n" + text
         shown.append({"role": "user", "content": message.strip()})
-        turns = (*session.turns, ("user", text))
+        turns = (*session.turns, ("user", text, 1) if image_path else ("user", text))
         answer = ""
         pieces = self.pipe.stream_chat(
             list(turns), list(images), max_new_tokens=new_tokens, temperature=float(temperature),
@@ -144,6 +144,7 @@ class DemoHandlers:
     ) -> Image.Image:
         """Text-to-image at one anchor resolution (twice that with the SDXL decoder)."""
         text = self.limits.check_prompt(prompt)
+        temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
         size = parse_resolution(resolution)
         chosen = self._decoder(decoder)
         images = self.pipe.generate(
@@ -171,6 +172,7 @@ class DemoHandlers:
         """Edit the uploaded image by instruction; the result has the input's size."""
         image = self.limits.load_image(image_path)
         text = self.limits.check_prompt(instruction, "instruction")
+        temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
         size, chosen = parse_resolution(resolution, allow_auto=True), self._decoder(decoder)
         images = self.pipe.edit(
             [image], [text], resolution=size, cfg_scale=float(cfg_scale),

@@ -3,18 +3,22 @@
 A public demo must not let one request exhaust the machine: uploads are bounded by file size
 (enforced by Gradio itself, see `InputLimits.max_file_size`), by pixel count (read from the image
 header before decoding, via `vision_tokenizer.data.image_io.load_image`), prompts by length and
-conversations by turns and images. Violations raise `InputError`, whose message is shown to the
-user as is.
+conversations by turns and images. Sampling settings go through the same checks as the pipeline
+and the CLI (`illume.inference.validation`). Violations raise `InputError`, whose message is
+shown to the user as is.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 from vision_tokenizer.data.image_io import ImageLoadError, load_image
 from vision_tokenizer.utils.user_errors import UserError
+
+from illume.inference.validation import InvalidSetting, check_sampling
 
 __all__ = ["InputError", "InputLimits"]
 
@@ -55,6 +59,14 @@ class InputLimits:
             return load_image(path, max_pixels=self.max_image_pixels)
         except ImageLoadError as err:
             raise InputError(f"The {what} cannot be used: {err.reason}.") from None
+
+    def check_sampling(self, temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int, float]:
+        """(temperature, top-k, top-p) as numbers, refused with the pipeline's own message when out of range."""
+        try:
+            knobs = check_sampling(temperature, top_k, top_p)
+        except InvalidSetting as err:
+            raise InputError(f"{str(err)[:1].upper()}{str(err)[1:]}.") from None
+        return knobs["temperature"], knobs["top_k"], knobs["top_p"]
 
     def check_new_tokens(self, value: int) -> int:
         value = int(value)
