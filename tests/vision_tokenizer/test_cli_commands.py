@@ -19,9 +19,9 @@ TINY = REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py"
 # Sub-command -> flags and arguments its help must name (those of the module it forwards to).
 KEY_FLAGS = {
     "train": ["config", "--resume", "--stop-after-steps", "--device", "--a.b=value"],
-    "evaluate": ["config", "--vq-ckpt", "--use-ema", "--model-dtype", "--no-fid", "--max-images"],
-    "codebook-inference": ["--model_config", "--tokenizer_checkpoint", "--data_config", "--resolution_type",
-                           "--crop_percent_thresh", "--resume"],
+    "evaluate": ["config", "--dualvitok", "--use-ema", "--dtype", "--no-fid", "--max-images"],
+    "codebook-inference": ["--config", "--dualvitok", "--data-config", "--resolution-type",
+                           "--crop-percent-thresh", "--resume", "--batch-size"],
     "train-sdxl-decoder": ["config", "--train.lr"],
 }
 
@@ -45,16 +45,41 @@ def test_subcommand_help_is_the_module_help(command: str, capsys: pytest.Capture
         main([command, "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert text.startswith("usage:")
+    assert text.startswith(f"usage: dualvitok {command} ")
     for flag in KEY_FLAGS[command]:
         assert flag in text, (command, flag)
 
 
 def test_forwarded_argument_errors_come_from_the_module(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["evaluate", str(TINY)])  # --vq-ckpt is required by vision_tokenizer.evaluate
+        main(["evaluate", str(TINY)])  # --dualvitok is required by vision_tokenizer.evaluate
     assert info.value.code == 2
-    assert "--vq-ckpt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dualvitok evaluate: error:" in err and "--dualvitok" in err
+
+
+# Official spelling -> the option it stands for (hidden from help, accepted when parsing).
+OFFICIAL_ALIASES = {
+    "evaluate": {"--vq-ckpt": "vq_ckpt", "--model-dtype": "model_dtype"},
+    "codebook-inference": {"--model_config": "model_config", "--tokenizer_checkpoint": "tokenizer_checkpoint",
+                           "--data_config": "data_config", "--batch_size": "batch_size"},
+    "reconstruct": {"--checkpoint": "checkpoint", "--batch_size": "batch_size"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(OFFICIAL_ALIASES))
+def test_official_spellings_are_hidden_aliases(command: str) -> None:
+    from vision_tokenizer.job_args import FORWARDED_JOBS
+
+    parser = next(job for job in FORWARDED_JOBS if job.name == command).parser("dualvitok " + command)
+    text = parser.format_help()
+    required = {"evaluate": ["cfg.py", "--dualvitok", "w"],
+                "codebook-inference": ["--config", "c", "--dualvitok", "w", "--data-config", "d"],
+                "reconstruct": ["x.png", "--config", "c", "--out", "o"]}[command]
+    for alias, dest in OFFICIAL_ALIASES[command].items():
+        assert alias not in text, alias
+        value = "fp16" if dest == "model_dtype" else "7"
+        assert getattr(parser.parse_args([*required, alias, value]), dest) in (value, 7), alias
 
 
 @pytest.fixture()

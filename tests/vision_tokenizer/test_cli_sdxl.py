@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vision_tokenizer.cli import build_parser, main, sdxl_token_size
 from vision_tokenizer.data.image_io import load_image, psnr
+from vision_tokenizer.job_args import reconstruct_parser
 from vision_tokenizer.models.dualvitok import DualViTok
+from vision_tokenizer.reconstruct import main, sdxl_token_size
 from vision_tokenizer.sdxl import DECODER_SIZES, DualViTokSDXLDecoderPipeline
 from vision_tokenizer.sdxl.conditioning import code_map_channels
 from vision_tokenizer.sdxl.tiny import tiny_sdxl_components
+from vision_tokenizer.utils.user_errors import UserError
 
 from ..conftest import REPO_ROOT
 
@@ -46,7 +48,7 @@ def decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _reconstruct(out: Path, decoder: Path, *extra: str) -> int:
-    return main(["reconstruct", str(ASTRONAUT), "--config", TINY, "--out", str(out), "--device", "cpu",
+    return main([str(ASTRONAUT), "--config", TINY, "--out", str(out), "--device", "cpu",
                  "--seed", str(SEED), "--sdxl-decoder", str(decoder), "--sdxl-steps", "1", *extra])
 
 
@@ -59,14 +61,14 @@ def upsampled(decoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_upsampled_output_is_the_pipeline_decode_of_the_saved_codes(upsampled: Path, decoder_dir: Path) -> None:
     metrics = json.loads((upsampled / "metrics.json").read_text())
-    result = metrics["images"]["astronaut"]
+    result = metrics["images"]["astronaut.jpg"]
     assert metrics["decoder"] == "sdxl"
     assert metrics["sdxl"] == {"decoder": str(decoder_dir), "steps": 1, "guidance": 3.0, "upsample": True, "seed": SEED}
     assert result["size"] == [256, 256] and result["output_size"] == [512, 512]
-    recon = Image.open(upsampled / "astronaut.png")
+    recon = Image.open(upsampled / "astronaut.jpg.recon.png")
     assert recon.size == (512, 512)
 
-    codes = json.loads((upsampled / "astronaut.codes.json").read_text())
+    codes = json.loads((upsampled / "astronaut.jpg.codes.json").read_text())
     assert np.array(codes["pixel_indices"]).shape == (16, 16)  # 256 / 16
     pipe = DualViTokSDXLDecoderPipeline.from_pretrained(decoder_dir, dualvitok=_tokenizer())
     pipe.set_progress_bar_config(disable=True)
@@ -87,10 +89,10 @@ def test_without_upsample_the_output_is_resized_back_to_the_token_size(
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert _reconstruct(tmp_path, decoder_dir, *SMALLEST, "--sdxl-guidance", "3") == 0
-    result = json.loads((tmp_path / "metrics.json").read_text())["images"]["astronaut"]
-    recon = Image.open(tmp_path / "astronaut.png")
+    result = json.loads((tmp_path / "metrics.json").read_text())["images"]["astronaut.jpg"]
+    recon = Image.open(tmp_path / "astronaut.jpg.recon.png")
     assert recon.size == (256, 256) and result["output_size"] == [256, 256]
-    big = Image.open(upsampled / "astronaut.png")
+    big = Image.open(upsampled / "astronaut.jpg.recon.png")
     np.testing.assert_array_equal(np.asarray(recon), np.asarray(big.resize((256, 256), Image.Resampling.BICUBIC)))
     reference = load_image(ASTRONAUT).resize((256, 256), Image.Resampling.LANCZOS)
     assert result["psnr"] == pytest.approx(psnr(reference, recon), abs=1e-9)
@@ -123,7 +125,7 @@ def test_no_token_size_within_the_limits_lists_the_sizes() -> None:
 
 def test_help_lists_the_token_sizes_of_the_decoder(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["reconstruct", "--help"])
+        reconstruct_parser().parse_args(["--help"])
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--sdxl-decoder", "--sdxl-steps", "--sdxl-guidance", "--sdxl-upsample"):
@@ -135,16 +137,16 @@ def test_help_lists_the_token_sizes_of_the_decoder(capsys: pytest.CaptureFixture
 
 @pytest.mark.parametrize("flags", [["--sdxl-steps", "2"], ["--sdxl-guidance", "1.5"], ["--sdxl-upsample"]])
 def test_sdxl_flags_need_the_decoder(tmp_path: Path, flags: list[str]) -> None:
-    with pytest.raises(SystemExit, match=f"{flags[0]} only apply with --sdxl-decoder"):
-        main(["reconstruct", str(ASTRONAUT), "--config", TINY, "--out", str(tmp_path), *flags])
+    with pytest.raises(UserError, match=f"{flags[0]} only apply with --sdxl-decoder"):
+        main([str(ASTRONAUT), "--config", TINY, "--out", str(tmp_path), *flags])
 
 
 def test_bad_decoders_are_clear_errors(tmp_path: Path, decoder_dir: Path) -> None:
-    with pytest.raises(SystemExit, match="no SDXL decoder token size fits --max-pixels 1000"):
+    with pytest.raises(UserError, match="no SDXL decoder token size fits --max-pixels 1000"):
         _reconstruct(tmp_path / "out", decoder_dir, "--max-pixels", "1000")
     missing = tmp_path / "missing"
-    with pytest.raises(SystemExit, match=re.escape(f"{missing} (no such folder)")):
+    with pytest.raises(UserError, match=re.escape(f"{missing} (no such folder)")):
         _reconstruct(tmp_path / "out", missing)
     released_width = _save_decoder(tmp_path / "wide", 64)  # 4 + 64 input channels, the tiny tokenizer has 16
-    with pytest.raises(SystemExit, match="in_channels is 68"):
+    with pytest.raises(UserError, match="in_channels is 68"):
         _reconstruct(tmp_path / "out", released_width)

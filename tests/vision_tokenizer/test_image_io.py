@@ -87,6 +87,41 @@ def test_corrupted_png_payload(tmp_path: Path) -> None:
     _expect_error(path, "corrupt or truncated")
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def test_png_whose_pixel_data_ends_early_is_an_error_not_black_rows(tmp_path: Path) -> None:
+    """Valid chunks and checksums, but a complete deflate stream of only half the rows."""
+    height, width = 64, 48
+    rows = b"".join(b"\x00" + _rgb_noise(1, width, seed=row).tobytes() for row in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    signature = b"\x89PNG\r\n\x1a\n"
+    whole, short = tmp_path / "whole.png", tmp_path / "short.png"
+    for path, data in ((whole, rows), (short, rows[: len(rows) // 2])):
+        chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(data)) + _png_chunk(b"IEND", b"")
+        path.write_bytes(signature + chunks)
+    assert load_image(whole).size == (width, height)  # the hand-built file itself is valid
+    _expect_error(short, "pixel data ends early")
+
+
+@pytest.mark.parametrize(("peak", "scale"), [(255, 1), (60000, 257)])
+def test_32_bit_integer_tiff_keeps_its_values(tmp_path: Path, peak: int, scale: int) -> None:
+    values = np.random.default_rng(1).integers(0, peak + 1, (40, 36)).astype(np.int32)
+    values[0, 0] = peak
+    path = tmp_path / "wide.tif"
+    Image.fromarray(values, mode="I").save(path)
+    assert Image.open(path).mode == "I"
+    out = np.asarray(load_image(path))
+    np.testing.assert_array_equal(out[..., 1], np.rint(values / scale).astype(np.uint8))
+
+
+def test_32_bit_integers_beyond_16_bits_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.tif"
+    Image.fromarray(np.full((40, 40), 1 << 20, dtype=np.int32), mode="I").save(path)
+    _expect_error(path, "32-bit integer image")
+
+
 def test_too_small_images(tmp_path: Path) -> None:
     path = tmp_path / "tiny.png"
     Image.fromarray(_rgb_noise(20, 50)).save(path)

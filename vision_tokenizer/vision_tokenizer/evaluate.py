@@ -38,6 +38,7 @@ from tqdm import tqdm
 from vision_tokenizer.data.datasets import build_dataset
 from vision_tokenizer.data.image_io import tensor_to_uint8
 from vision_tokenizer.data.sampler import collate_images
+from vision_tokenizer.job_args import evaluate_parser
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
 from vision_tokenizer.utils.config import load_config
@@ -88,40 +89,7 @@ def _import_fidelity() -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vision_tokenizer.evaluate",
-        description="Reconstruct the validation set with a DualViTok checkpoint and report PSNR, SSIM, "
-        "rFID and codebook usage. Run under torchrun to shard the images over processes.",
-    )
-    parser.add_argument("config", help="tokenizer config (.py) with vq_model and data_args.val")
-    parser.add_argument(
-        "--vq-ckpt",
-        required=True,
-        help="checkpoint: training .pt, pytorch_model.bin, safetensors, or a folder",
-    )
-    parser.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights stored under 'ema'")
-    parser.add_argument(
-        "--model-dtype", choices=sorted(DTYPES), default="fp32", help="weights/compute dtype (default fp32)"
-    )
-    parser.add_argument("--data-path", default=None, help="override data_args.val.data_path")
-    parser.add_argument("--out", default=None, help="output folder (default: <sample_dir>/eval)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per process (default data_args.per_proc_batch_size)",
-    )
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--num-workers", type=int, default=0, help="data loader workers per process")
-    parser.add_argument(
-        "--no-fid", action="store_true", help="skip rFID / Inception Score (no torch-fidelity needed)"
-    )
-    parser.add_argument("--inception-weights", default=None, help=f"local {INCEPTION_WEIGHTS_FILE} for rFID")
-    parser.add_argument("--device", default=None, help="force a device (cpu, cuda, npu); default: automatic")
-    parser.add_argument(
-        "--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused"
-    )
-    return parser
+    return evaluate_parser()  # defined without torch, so that `dualvitok evaluate --help` is instant
 
 
 def _save_png(array: np.ndarray, path: str) -> None:

@@ -11,7 +11,11 @@ Colour handling, decided once here:
   official pipeline's `convert('RGB')` does; compositing on a background would change the pixels,
   hence the codes, of every transparent training and evaluation image.
 * Grayscale, palette, CMYK, YCbCr and LAB images are converted to RGB by Pillow; 16-bit integer
-  images are scaled to 8 bits (value / 257, rounded) instead of being clipped at 255.
+  images are scaled to 8 bits (value / 257, rounded) instead of being clipped at 255. 32-bit
+  integer images (TIFF) carry no bit depth of their values: values within 0..255 are taken as
+  8-bit, within 0..65535 as 16-bit, anything else is refused.
+* A PNG whose pixel data ends early (a complete but short compressed stream, which Pillow would
+  fill with black) is refused as truncated.
 * Floating-point images have no defined display range and are rejected.
 
 Numerics follow the official `MoVQImageProcessor`: `smart_resize` to multiples of 16 within a
@@ -24,6 +28,7 @@ import math
 import os
 import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +54,10 @@ DEFAULT_MAX_SOURCE_PIXELS = 8192 * 8192
 # the semantic ViT works on 28-pixel cells.
 MIN_IMAGE_SIDE = 32
 
-_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 # Everything Pillow may raise while parsing or decoding a damaged file.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
 
@@ -93,7 +101,9 @@ def load_image(
                         "(possible decompression bomb)",
                     )
                 img.load()
-                rgb = _to_rgb(path, ImageOps.exif_transpose(img))
+                if img.format == "PNG":
+                    _check_png_pixel_data(path)
+                rgb = _to_rgb(path, ImageOps.exif_transpose(img), png=img.format == "PNG")
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -109,14 +119,68 @@ def load_image(
     return rgb
 
 
-def _to_rgb(path: Path, img: Image.Image) -> Image.Image:
-    """Convert any supported mode to 8-bit RGB (alpha dropped, 16-bit scaled down)."""
+def _png_expected_bytes(header: bytes) -> int:
+    """Length of the decompressed pixel data (filter byte + samples per row) that IHDR announces."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
+    bits = _PNG_CHANNELS.get(colour, 4) * depth
+    if not interlace:
+        return height * (1 + math.ceil(width * bits / 8))
+    total = 0
+    for x0, y0, dx, dy in _ADAM7:
+        cols, rows = max(0, math.ceil((width - x0) / dx)), max(0, math.ceil((height - y0) / dy))
+        if cols and rows:
+            total += rows * (1 + math.ceil(cols * bits / 8))
+    return total
+
+
+def _check_png_pixel_data(path: Path) -> None:
+    """Refuse a PNG whose compressed pixel data decodes to fewer bytes than its size needs."""
+    data = path.read_bytes()
+    if not data.startswith(_PNG_SIGNATURE):
+        return
+    position, header, inflater, produced = len(_PNG_SIGNATURE), b"", zlib.decompressobj(), 0
+    while position + 8 <= len(data):
+        (length,), kind = struct.unpack(">I", data[position : position + 4]), data[position + 4 : position + 8]
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            produced += len(inflater.decompress(body))
+        position += 12 + length
+    if len(header) < 13:
+        return
+    expected = _png_expected_bytes(header)
+    if produced < expected:
+        raise ImageLoadError(
+            path, f"truncated image: its pixel data ends early ({produced} of {expected} bytes)"
+        )
+
+
+def _integer_to_uint8(path: Path, img: Image.Image, png: bool) -> Image.Image:
+    """16-bit modes, and 32-bit integers whose values fit 8 or 16 bits, as 8-bit grey."""
+    wide = np.asarray(img).astype(np.float64)
+    low, high = (float(wide.min()), float(wide.max())) if wide.size else (0.0, 0.0)
+    if img.mode in _SIXTEEN_BIT_MODES or png:  # PNG stores at most 16 bits per sample
+        scale = 257.0
+    elif low >= 0 and high <= 255:
+        scale = 1.0
+    elif low >= 0 and high <= 65535:
+        scale = 257.0
+    else:
+        raise ImageLoadError(
+            path, f"32-bit integer image with values {low:.0f}..{high:.0f}: only 0..255 (8-bit) or "
+            "0..65535 (16-bit) values have a defined display range",
+        )
+    eight = np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight).convert("RGB")
+
+
+def _to_rgb(path: Path, img: Image.Image, png: bool = False) -> Image.Image:
+    """Convert any supported mode to 8-bit RGB (alpha dropped, 16/32-bit integers scaled down)."""
     if img.mode == "RGB":
         return img.copy()
-    if img.mode in _SIXTEEN_BIT_MODES:
-        wide = np.asarray(img).astype(np.float64)
-        eight = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(eight).convert("RGB")
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "I":
+        return _integer_to_uint8(path, img, png)
     if img.mode == "F":
         raise ImageLoadError(path, "floating-point images are not supported (no defined value range)")
     if img.mode == "P" and "transparency" in img.info:
