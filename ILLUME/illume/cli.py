@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from illume.eval import command as _eval
 from illume.quickstart import command as _quickstart
 
 __all__ = ["Subcommand", "SUBCOMMANDS", "register_subcommand", "build_parser", "main"]
@@ -104,6 +105,26 @@ def _add_image_sampling_flags(parser: argparse.ArgumentParser, defaults: dict[st
     out.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where PNGs are written")
 
 
+def _check_image_settings(args: argparse.Namespace) -> None:
+    """Refuse unsupported settings before the model loads (the pipeline checks them again)."""
+    from illume.inference.validation import (
+        check_count,
+        check_resolution,
+        check_sampling,
+        supported_resolutions,
+    )
+
+    if args.resolution is not None:
+        check_resolution(args.resolution, supported_resolutions(), "--resolution")
+    levels = {
+        f"{level}_{name}": getattr(args, f"{level}_{name}")
+        for level in ("semantic", "pixel")
+        for name in ("temperature", "top_k", "top_p")
+    }
+    check_sampling(args.temperature, args.top_k, args.top_p, levels, prefix="--")
+    check_count(args.batch_size, "--batch-size")
+
+
 def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = dict(
         cfg_scale=args.cfg_scale,
@@ -164,6 +185,10 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    from illume.inference.validation import check_count
+
+    check_count(args.num_images, "--num-images")
+    _check_image_settings(args)
     prompts = list(args.prompt)
     if args.prompts_file is not None:
         lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
@@ -212,6 +237,7 @@ def _configure_edit(parser: argparse.ArgumentParser) -> None:
 def _run_edit(args: argparse.Namespace) -> int:
     from vision_tokenizer.data.image_io import load_image
 
+    _check_image_settings(args)
     images = [load_image(path) for path in args.image]
     instructions = args.instruction
     if len(instructions) not in (1, len(images)):
@@ -285,14 +311,16 @@ def _chat_turn(pipe: Any, args: argparse.Namespace, messages: list, images: list
 def _run_chat(args: argparse.Namespace) -> int:
     from vision_tokenizer.data.image_io import load_image
 
-    from illume.inference.prompts import understanding_message
+    from illume.inference.validation import check_count, check_sampling
 
+    check_sampling(args.temperature, args.top_k, args.top_p, prefix="--")
+    check_count(args.max_new_tokens, "--max-new-tokens")
     if args.allow_images and args.dualvitok is None:
         raise SystemExit("illume chat: --allow-images needs --dualvitok to turn generated codes into pixels")
     pipe = _load_pipeline(args)
     images = [load_image(path) for path in args.image]
     if args.question is not None:
-        messages = [("user", understanding_message(args.question, len(images)))]
+        messages = [("user", args.question, len(images))]
         _chat_turn(pipe, args, messages, images, 0)
         return 0
     print("Interactive chat. Commands: /image PATH (attach), /reset, /exit. Ctrl-D quits.")
@@ -316,7 +344,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         if line.startswith("/image "):
             pending.append(load_image(line[len("/image ") :].strip()))
             continue
-        messages.append(("user", understanding_message(line, len(pending))))
+        messages.append(("user", line, len(pending)))
         all_images += pending
         pending = []
         print("illume> ", end="", flush=True)
@@ -361,6 +389,7 @@ register_subcommand(
     )
 )
 register_subcommand(Subcommand(_quickstart.NAME, _quickstart.HELP, _quickstart.configure, _quickstart.run))
+register_subcommand(Subcommand(_eval.NAME, _eval.HELP, _eval.configure, _eval.run))
 
 
 # ---------------------------------------------------------------------------------------------
