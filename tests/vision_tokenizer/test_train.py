@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vision_tokenizer.train.checkpointing import (
-    atomic_save,
+from vision_tokenizer.runtime.checkpoints import (
+    CheckpointDir,
     capture_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
     restore_rng_state,
+    torch_load,
+    torch_save,
 )
 from vision_tokenizer.train.cli import top_level_overrides
 from vision_tokenizer.train.ema import ModelEMA
 from vision_tokenizer.train.schedule import AnnealingLR
+from vision_tokenizer.utils.user_errors import UserError
 
 from tests.conftest import REPO_ROOT
 
@@ -79,16 +79,16 @@ def test_ema_average_and_copy():
 
 
 def test_checkpoint_files_atomic_prune_and_rng(tmp_path):
+    store = CheckpointDir(tmp_path, keep=2)
     for step in (2, 4, 6):
-        atomic_save({"steps": step, "t": torch.ones(1)}, str(tmp_path / f"{step:07d}.pt"))
+        store.save(step, lambda path, step=step: torch.save({"steps": step, "t": torch.ones(1)}, path))
     assert not list(tmp_path.glob("*.tmp"))
-    prune_checkpoints(str(tmp_path), keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000004.pt", "0000006.pt"]
-    assert latest_checkpoint(str(tmp_path)).endswith("0000006.pt")
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["0000004.pt", "0000006.pt"]
+    assert store.latest().checkpoint.path.name == "0000006.pt"
     state = capture_rng_state()
-    atomic_save({"rng": state}, str(tmp_path / "rng.pt"))
+    torch_save({"rng": state}, tmp_path / "rng.pt")
     expected = (torch.rand(3), np.random.rand(), random.random())
-    restore_rng_state(load_checkpoint(str(tmp_path / "rng.pt"))["rng"])
+    restore_rng_state(torch_load(tmp_path / "rng.pt")["rng"])
     assert torch.equal(torch.rand(3), expected[0])
     assert np.random.rand() == expected[1] and random.random() == expected[2]
 
@@ -100,7 +100,7 @@ def test_top_level_overrides():
         "lr": 2e-3,
         "ckpt_keep": 0,
     }
-    with pytest.raises(SystemExit, match="epochz"):
+    with pytest.raises(UserError, match="epochz"):
         top_level_overrides(["--epochz=3"], cfg)
 
 

@@ -94,8 +94,8 @@ def _mean_psnr(model: Any, photos: list[Any]) -> tuple[float, list[Any]]:
 def train_tokenizer(settings: QuickstartSettings, ctx: StageContext, data: dict[str, Any]) -> dict[str, Any]:
     """Train DualViTok from scratch on the photos and edits; PSNR of the photos before and after."""
     from vision_tokenizer.models.dualvitok import DualViTok
+    from vision_tokenizer.runtime.checkpoints import CheckpointDir
     from vision_tokenizer.train import train
-    from vision_tokenizer.train.checkpointing import latest_checkpoint
     from vision_tokenizer.train.loop import plain_config
 
     res = settings.resolution
@@ -118,7 +118,8 @@ def train_tokenizer(settings: QuickstartSettings, ctx: StageContext, data: dict[
 
     with _restored_logging():
         result = train(cfg, device="cpu")
-    checkpoint = result["checkpoint"] or latest_checkpoint(os.path.join(result["run_dir"], "checkpoints"))
+    newest = CheckpointDir(os.path.join(result["run_dir"], "checkpoints")).latest()
+    checkpoint = result["checkpoint"] or (str(newest.checkpoint.path) if newest else None)
     if checkpoint is None:
         raise RuntimeError(f"tokenizer training left no checkpoint in {result['run_dir']}")
     model = DualViTok.from_pretrained(checkpoint, config=spec)

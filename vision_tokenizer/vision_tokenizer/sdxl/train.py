@@ -10,17 +10,14 @@ process without torchrun works too (CPU runs use the gloo backend when distribut
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import logging
 import os
 import random
-import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +31,23 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from vision_tokenizer.job_args import sdxl_train_parser
+from vision_tokenizer.runtime.checkpoints import (
+    capture_rng_state,
+    log_offsets,
+    restore_rng_state,
+    rewind_logs,
+    torch_save,
+)
+from vision_tokenizer.runtime.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_mean,
+    init_distributed,
+)
 from vision_tokenizer.utils.config import load_config
 
-from .checkpoint import (
-    TRAINER_DIR,
-    checkpoint_path,
-    load_trainer_file,
-    publish_checkpoint,
-    resolve_resume,
-    staging_path,
-)
+from .checkpoint import TRAINER_DIR, checkpoint_dir, load_trainer_file, resolve_resume
 from .components import load_decoder_components
 from .conditioning import (
     code_map_channels,
@@ -111,61 +115,26 @@ def diffusion_loss(
     return F.mse_loss(prediction.float(), target.float())
 
 
-@dataclass
-class _Distributed:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @classmethod
-    def from_environment(cls) -> _Distributed:
-        """Rank and device from torchrun's variables; one process when they are absent."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
-        if world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(rank, world_size, device)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def mean(self, value: torch.Tensor) -> float:
-        if self.world_size > 1:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.world_size
-        return value.item()
-
-
 class DecoderTrainer:
     """Owns the models, data stream, optimizer and state of one decoder training run."""
 
     def __init__(self, config: DecoderTrainConfig):
         self.config = config
-        self.dist = _Distributed.from_environment()
+        self.dist: DistContext = init_distributed()
         self.output_dir = Path(config.train.output_dir)
+        self.checkpoints = checkpoint_dir(self.output_dir, config.train.checkpoints_total_limit)
         self.accumulation = config.accumulation_steps(self.dist.world_size)
         self.step = 0
-        resume = resolve_resume(self.output_dir, config.train.resume)
+        point = resolve_resume(self.output_dir, config.train.resume, set_aside=self.dist.is_main)
+        resume = point.checkpoint.path if point is not None else None
         self._seed_everything(config.train.seed)
         self._build_models(resume)
         self._build_data()
         self._build_optimizer()
-        if resume is not None:
-            self._restore(resume)
+        if point is not None:
+            self._restore(resume, point.state)
         self.train_unet: torch.nn.Module = self.unet
-        if self.dist.world_size > 1:
+        if self.dist.enabled:
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.train_unet = DistributedDataParallel(self.unet, device_ids=device_ids)
 
@@ -226,8 +195,7 @@ class DecoderTrainer:
             train.lr_schedule, self.optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps
         )
 
-    def _restore(self, checkpoint: Path) -> None:
-        state = load_trainer_file(checkpoint, "state.pt")
+    def _restore(self, checkpoint: Path, state: dict[str, Any]) -> None:
         if self.ema is not None:
             raw = checkpoint / TRAINER_DIR / _RAW_UNET_FILE
             if raw.is_file():
@@ -242,26 +210,15 @@ class DecoderTrainer:
         self.stream.epoch, self.stream.position = state["data"]["epoch"], state["data"]["position"]
         rng_file = checkpoint / TRAINER_DIR / f"rng_rank{self.dist.rank}.pt"
         if rng_file.is_file():
-            self._set_rng_state(load_trainer_file(checkpoint, rng_file.name))
+            restore_rng_state(
+                load_trainer_file(checkpoint, rng_file.name), self.dist.device, {"generator": self.generator}
+            )
         else:
             logger.warning("%s has no random state for rank %d (world size changed?): reseeding", checkpoint, self.dist.rank)
             self._seed_everything(self.config.train.seed + self.step)
+        if self.dist.is_main and rewind_logs(self.output_dir, state.get("log_offsets") or {}):
+            logger.info("continuing metrics.jsonl and train.log from step %d", self.step)
         logger.info("resumed from %s at step %d", checkpoint, self.step)
-
-    # ------------------------------------------------------------------ random state
-
-    def _rng_state(self) -> dict[str, Any]:
-        state = {"generator": self.generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
-        if self.dist.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.dist.device)
-        return state
-
-    def _set_rng_state(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch"])
-        random.setstate(state["python"])
-        if "cuda" in state:
-            torch.cuda.set_rng_state(state["cuda"], self.dist.device)
 
     # ------------------------------------------------------------------ one step
 
@@ -293,7 +250,7 @@ class DecoderTrainer:
         for micro in range(self.accumulation):
             batch = next(self.stream)
             last = micro == self.accumulation - 1
-            sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.train_unet.no_sync()
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_unet.no_sync()
             with sync:
                 loss = self.micro_batch_loss(batch)
                 (loss / self.accumulation).backward()
@@ -307,7 +264,7 @@ class DecoderTrainer:
         self.step += 1
         return {
             "step": self.step,
-            "loss": self.dist.mean(total / self.accumulation),
+            "loss": all_reduce_mean({"loss": total / self.accumulation}, self.dist)["loss"],
             "grad_norm": float(grad_norm),
             "lr": self.lr_scheduler.get_last_lr()[0],
             "epoch": self.stream.epoch,
@@ -336,40 +293,39 @@ class DecoderTrainer:
         return pipe
 
     def save_checkpoint(self) -> Path:
-        """Write and publish `checkpoint-<step>` (all ranks take part)."""
-        final = checkpoint_path(self.output_dir, self.step)
-        staging = staging_path(final)
+        """Write and publish `checkpoint-<step>` (all ranks take part; rank 0 writes)."""
+        rng_states = all_gather_objects(
+            capture_rng_state(self.dist.device, {"generator": self.generator}), self.dist
+        )
+        final = self.checkpoints.path_for(self.step)
         if self.dist.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
-            (staging / TRAINER_DIR).mkdir(parents=True)
-        self.dist.barrier()
-        if self.dist.is_main:
-            if self.ema is not None:
-                raw = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
-                save_file(raw, staging / TRAINER_DIR / _RAW_UNET_FILE)
-            with self._averaged_weights():
-                self.pipeline().save_pretrained(staging)
-            ema_state = None
-            if self.ema is not None:
-                ema_state = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
-            torch.save(
-                {
-                    "step": self.step,
-                    "data": self.stream.state(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "lr_scheduler": self.lr_scheduler.state_dict(),
-                    "ema": ema_state,
-                    "world_size": self.dist.world_size,
-                },
-                staging / TRAINER_DIR / "state.pt",
-            )
-        torch.save(self._rng_state(), staging / TRAINER_DIR / f"rng_rank{self.dist.rank}.pt")
-        self.dist.barrier()
-        if self.dist.is_main:
-            publish_checkpoint(staging, final, self.config.train.checkpoints_total_limit)
+            self.checkpoints.save(self.step, lambda staging: self._write_checkpoint(staging, rng_states))
             logger.info("saved %s", final)
         self.dist.barrier()
         return final
+
+    def _write_checkpoint(self, staging: Path, rng_states: list[dict[str, Any]]) -> None:
+        (staging / TRAINER_DIR).mkdir()
+        if self.ema is not None:
+            raw = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
+            save_file(raw, staging / TRAINER_DIR / _RAW_UNET_FILE)
+        with self._averaged_weights():
+            self.pipeline().save_pretrained(staging)
+        ema_state = None
+        if self.ema is not None:
+            ema_state = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+        state = {
+            "step": self.step,
+            "data": self.stream.state(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": ema_state,
+            "world_size": self.dist.world_size,
+            "log_offsets": log_offsets([self.output_dir / "metrics.jsonl", self.output_dir / "train.log"]),
+        }
+        torch_save(state, staging / TRAINER_DIR / "state.pt")
+        for rank, rng in enumerate(rng_states):
+            torch_save(rng, staging / TRAINER_DIR / f"rng_rank{rank}.pt")
 
     @torch.no_grad()
     def save_samples(self) -> Path:
@@ -451,12 +407,7 @@ def train(config: DecoderTrainConfig) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m vision_tokenizer.sdxl CONFIG [--section.key=value ...]`."""
-    parser = argparse.ArgumentParser(
-        prog="train_sdxl_decoder",
-        description="Train the SDXL diffusion decoder on DualViTok codes. Config overrides: --train.lr=1e-5",
-    )
-    parser.add_argument("config", help="mmengine .py config with model / data / train / sample sections")
-    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args, overrides = sdxl_train_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     config = DecoderTrainConfig.from_mapping(load_config(args.config, overrides))
     try:
         train(config)

@@ -11,50 +11,19 @@ from typing import Any
 
 import torch
 
+from vision_tokenizer.job_args import train_parser
 from vision_tokenizer.runtime.distributed import init_distributed
-from vision_tokenizer.train.loop import Trainer
+from vision_tokenizer.train.loop import Trainer, choose_start
 from vision_tokenizer.train.options import TrainOptions
 from vision_tokenizer.train.run_logging import setup_file_logging
 from vision_tokenizer.utils.config import apply_overrides, load_config, parse_override_value, split_overrides
+from vision_tokenizer.utils.user_errors import UserError
 
 __all__ = ["build_parser", "main", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vision_tokenizer.train",
-        description="Train or fine-tune DualViTok. Launch with torchrun for several processes "
-        "(CUDA, Ascend NPU or CPU/gloo, picked automatically). Any further --a.b=value item "
-        "overrides that config key (value read as a Python literal), e.g. --data_args.global_batch_size=64 or --epochs=3.",
-    )
-    parser.add_argument(
-        "config",
-        help="tokenizer training config (.py), e.g. configs/example/dualvitok/dualvitok_anyres_max512.py",
-    )
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=None,
-        help="continue a run exactly: 'latest' (default when given without a value) picks the "
-        "newest checkpoint in <results_dir>/<type>/checkpoints, or give a checkpoint path",
-    )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="force a device (cpu, cuda, npu); default: the accelerator of this machine",
-    )
-    parser.add_argument(
-        "--stop-after-steps",
-        type=int,
-        default=None,
-        help="leave after this many optimizer steps of this invocation (the schedule still "
-        "spans the whole run; pair with --resume to continue)",
-    )
-    parser.add_argument(
-        "--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused"
-    )
-    return parser
+    return train_parser()  # defined without torch, so that `dualvitok train --help` is instant
 
 
 def train(cfg: Any, device: str | None = None, stop_after_steps: int | None = None) -> dict[str, Any]:
@@ -80,15 +49,15 @@ def top_level_overrides(items: Sequence[str], cfg: Any) -> dict[str, Any]:
     while position < len(items):
         item = items[position]
         if not item.startswith("--"):
-            raise SystemExit(f"unexpected argument {item!r}")
+            raise UserError(f"unexpected argument {item!r}; config overrides look like --a.b=value")
         key, has_value, value = item[2:].partition("=")
         if not has_value:
             if position + 1 >= len(items):
-                raise SystemExit(f"option {item!r} has no value")
+                raise UserError(f"option {item!r} has no value")
             position += 1
             value = items[position]
         if key not in known:
-            raise SystemExit(f"unknown option or config key {item!r}")
+            raise UserError(f"unknown option or config key {item!r}")
         overrides[key] = parse_override_value(value)
         position += 1
     return overrides
@@ -103,5 +72,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for key, value in top_level_overrides(unknown, cfg).items():
         cfg[key] = value
     if args.resume is not None:
+        if args.fresh:
+            raise UserError("--fresh and --resume contradict each other: give one of them")
         cfg.resume = args.resume
+    choose_start(cfg, fresh=args.fresh, overwrite=args.overwrite)
     return train(cfg, device=args.device, stop_after_steps=args.stop_after_steps)

@@ -79,7 +79,8 @@ class TrainOptions:
         for name in ("epochs", "gradient_accumulation_steps", "log_every", "ckpt_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.vq_ckpt and self.resume:
+        if self.vq_ckpt and self.resume and self.resume != "latest":
+            # resume="latest" with vq_ckpt: start from vq_ckpt, continue from the run's own checkpoints.
             raise ValueError("set either vq_ckpt (initial weights / a run to continue) or resume, not both")
 
     @property

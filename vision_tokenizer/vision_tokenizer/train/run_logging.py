@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from vision_tokenizer.data.image_io import tensor_to_uint8
+from vision_tokenizer.runtime.checkpoints import log_offsets, rewind_logs
 
 __all__ = ["RunLogger", "reconstruction_grid", "setup_file_logging"]
 
@@ -49,7 +50,9 @@ def reconstruction_grid(
 class RunLogger:
     """Rank-0 sink for scalars and images; other ranks get a disabled instance."""
 
-    def __init__(self, run_dir: str, enabled: bool, use_tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: str, enabled: bool, use_tensorboard: bool = True, resume_step: int = 0
+    ) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
         self.writer = None
@@ -63,7 +66,23 @@ class RunLogger:
             except ImportError:
                 logger.warning("tensorboard is not installed: scalars go to log.txt and metrics.jsonl only")
             else:
-                self.writer = SummaryWriter(os.path.join(run_dir, "logs"))
+                # purge_step drops events of a killed run logged after the checkpoint resumed from.
+                self.writer = SummaryWriter(os.path.join(run_dir, "logs"), purge_step=resume_step or None)
+
+    def _files(self) -> list[str]:
+        """The append-only text outputs of the run: metrics and the file log (`setup_file_logging`)."""
+        logs = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+        run_dir = os.path.abspath(self.run_dir)
+        return [self.metrics_path] + [p for p in logs if os.path.dirname(os.path.abspath(p)) == run_dir]
+
+    def offsets(self) -> dict[str, int]:
+        """Byte sizes of the run's text outputs now (stored in checkpoints, see `rewind`)."""
+        return log_offsets(self._files()) if self.enabled else {}
+
+    def rewind(self, offsets: dict[str, int]) -> bool:
+        """Cut the text outputs back to `offsets` (taken when the resumed checkpoint was saved);
+        True if anything was cut."""
+        return bool(self.enabled and rewind_logs(self.run_dir, offsets))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
