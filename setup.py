@@ -23,7 +23,7 @@ extras = {
         "ipykernel>=6",
     ],
     "train": ["tensorboard>=2.14", "accelerate>=1.0", "scikit-image>=0.22"],
-    "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22"],
+    "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22", "pyarrow>=14"],
     "decoder": ["diffusers>=0.31"],
     "demo": ["gradio>=6"],
     "quickstart": ["matplotlib>=3.7", "scikit-image>=0.22"],
@@ -63,5 +63,5 @@ setup(
         ],
         "lmms_eval.models": ["illume = illume.eval.lmms_eval:manifest"],
     },
-    package_data={"illume.eval.lmms_eval.tasks": ["mme/*.yaml"]},
+    package_data={"illume.eval.lmms_eval.tasks": ["mme/*.yaml", "illume_plus_paper/*.yaml"]},
 )
