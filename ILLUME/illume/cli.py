@@ -2,7 +2,11 @@
 
 Subcommands live in one table, `SUBCOMMANDS`; other parts of the project add theirs with
 `register_subcommand` (e.g. training or the quickstart) and appear under `illume --help`.
-Heavy imports happen inside the handlers, so `--help` is instant.
+Heavy imports happen inside the handlers, so `--help` costs well under a second of CPU.
+Flags are spelled as everywhere in the project (`--model`, `--dualvitok`, `--dualvitok-config`,
+`--sdxl-decoder`, `--batch-size`); the official scripts' spellings are hidden aliases. Input
+mistakes (a missing folder, an unsupported resolution, a wrong device) are one line on stderr
+and exit status 2; `--debug` or ILLUME_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vision_tokenizer.job_args import add_option
+from vision_tokenizer.utils.user_errors import DEBUG_FLAG, UserError, require_path, run_cli
 
 from illume.eval import command as _eval
 from illume.quickstart import command as _quickstart
@@ -53,26 +60,34 @@ def _resolution(text: str) -> tuple[int, int]:
 
 def _add_model_flags(parser: argparse.ArgumentParser, needs_decoder: bool) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model", required=True, help="MLLM checkpoint folder (config.json, weights, tokenizer)"
-    )
-    group.add_argument(
-        "--dualvitok",
-        required=needs_decoder,
-        help="DualViTok checkpoint (file or folder) that turns generated codes into pixels",
-    )
-    group.add_argument(
-        "--dualvitok-config", help="DualViTok config (.py or .json) if none sits beside the checkpoint"
-    )
-    group.add_argument("--sdxl-decoder", help="SDXL decoder folder (needed for --decoder sdxl)")
-    group.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    group.add_argument(
+    add_option(
+        group, "--model", "--model_name", "--mllm_path", "--model-path", "--model_path", dest="model",
+        required=True, help="MLLM checkpoint folder (config.json, weights, tokenizer)",
+    )  # fmt: skip
+    add_option(
+        group, "--dualvitok", "--tokenizer_checkpoint", "--vq-ckpt", "--vq_ckpt", dest="dualvitok",
+        required=needs_decoder, help="DualViTok checkpoint (file or folder) that turns generated codes into pixels",
+    )  # fmt: skip
+    add_option(
+        group, "--dualvitok-config", "--tokenizer_config", "--vq_config", dest="dualvitok_config",
+        help="DualViTok config (.py or .json) if none sits beside the checkpoint",
+    )  # fmt: skip
+    add_option(
+        group, "--sdxl-decoder", "--diffusion_decoder_path", dest="sdxl_decoder",
+        help="SDXL decoder folder (needed for --decoder sdxl)",
+    )  # fmt: skip
+    group.add_argument("--device", help="torch device: cpu, cuda, cuda:N, npu (default: cuda if available, else cpu)")
+    add_option(
+        group,
         "--dtype",
+        "--torch_dtype",
+        dest="dtype",
         choices=("auto", "fp32", "bf16", "fp16"),
         default="auto",
         help="MLLM precision (auto: bf16 on CUDA, fp32 on CPU)",
     )
-    group.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly even on CUDA")
+    add_option(group, "--no-cuda-graphs", "--no_cuda_graphs", dest="no_cuda_graphs", action="store_true",
+               help="decode eagerly even on CUDA")
     group.add_argument(
         "--seed", type=int, default=42, help="random seed; image/row i uses seed+i (default 42)"
     )
@@ -82,12 +97,13 @@ def _add_image_sampling_flags(parser: argparse.ArgumentParser, defaults: dict[st
     group = parser.add_argument_group(
         "sampling (semantic/pixel values default to the text ones; pixel top-k 3x)"
     )
-    group.add_argument(
-        "--cfg-scale", type=float, default=defaults["cfg"], help=f"LLM CFG scale (default {defaults['cfg']})"
-    )
+    add_option(group, "--cfg-scale", "--llm_cfg_scale", "--cfg_scale", dest="cfg_scale", type=float,
+               default=defaults["cfg"], help=f"LLM CFG scale (default {defaults['cfg']})")
     group.add_argument("--temperature", type=float, default=defaults["t"], help=f"default {defaults['t']}")
-    group.add_argument("--top-k", type=int, default=int(defaults["k"]), help=f"default {int(defaults['k'])}")
-    group.add_argument("--top-p", type=float, default=defaults["p"], help=f"default {defaults['p']}")
+    add_option(group, "--top-k", "--top_k", dest="top_k", type=int, default=int(defaults["k"]),
+               help=f"default {int(defaults['k'])}")
+    add_option(group, "--top-p", "--top_p", dest="top_p", type=float, default=defaults["p"],
+               help=f"default {defaults['p']}")
     for level in ("semantic", "pixel"):
         group.add_argument(f"--{level}-temperature", type=float)
         group.add_argument(f"--{level}-top-k", type=int)
@@ -97,12 +113,16 @@ def _add_image_sampling_flags(parser: argparse.ArgumentParser, defaults: dict[st
         action="store_true",
         help="reproduce the official scripts' second application of temperature/top-k/top-p",
     )
-    group.add_argument("--batch-size", type=int, default=8, help="rows decoded together (default 8)")
+    add_option(group, "--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
+               help="rows decoded together (default 8)")
     out = parser.add_argument_group("decoding to pixels")
     out.add_argument("--decoder", choices=("dualvitok", "sdxl"), default="dualvitok")
-    out.add_argument("--diffusion-cfg-scale", type=float, default=1.5, help="SDXL guidance (default 1.5)")
-    out.add_argument("--diffusion-steps", type=int, default=50, help="SDXL denoising steps (default 50)")
-    out.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where PNGs are written")
+    add_option(out, "--diffusion-cfg-scale", "--diffusion_cfg_scale", dest="diffusion_cfg_scale", type=float,
+               default=1.5, help="SDXL guidance (default 1.5)")
+    add_option(out, "--diffusion-steps", "--diffusion_steps", dest="diffusion_steps", type=int, default=50,
+               help="SDXL denoising steps (default 50)")
+    add_option(out, "--output-dir", "--output_dir", dest="output_dir", type=Path, default=Path("outputs"),
+               help="where PNGs are written")
 
 
 def _check_image_settings(args: argparse.Namespace) -> None:
@@ -142,7 +162,37 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _check_device(name: str | None) -> None:
+    """A device torch knows and this machine has; one line otherwise."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, npu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _check_model_paths(args: argparse.Namespace) -> None:
+    """Name the flag of a missing checkpoint instead of a loader traceback."""
+    require_path(args.model, "--model", folder=True)
+    for flag, value in (("--dualvitok", args.dualvitok), ("--dualvitok-config", args.dualvitok_config)):
+        if value is not None:
+            require_path(value, flag)
+    if args.sdxl_decoder is not None:
+        require_path(args.sdxl_decoder, "--sdxl-decoder", folder=True)
+    for image in getattr(args, "image", None) or []:
+        require_path(image, "--image", folder=False)
+
+
 def _load_pipeline(args: argparse.Namespace) -> Any:
+    _check_model_paths(args)
+    _check_device(args.device)
     from illume.inference import IllumePipeline
 
     return IllumePipeline.from_pretrained(
@@ -191,10 +241,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     _check_image_settings(args)
     prompts = list(args.prompt)
     if args.prompts_file is not None:
+        require_path(args.prompts_file, "--prompts-file", folder=False)
         lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise SystemExit("illume generate: give --prompt TEXT (repeatable) or --prompts-file FILE")
+        raise UserError("illume generate: give --prompt TEXT (repeatable) or --prompts-file FILE")
     prompts = [p for p in prompts for _ in range(args.num_images)]
     pipe = _load_pipeline(args)
     images = pipe.generate(
@@ -241,7 +292,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     images = [load_image(path) for path in args.image]
     instructions = args.instruction
     if len(instructions) not in (1, len(images)):
-        raise SystemExit(
+        raise UserError(
             f"illume edit: {len(instructions)} instructions for {len(images)} images (give 1 or one each)"
         )
     pipe = _load_pipeline(args)
@@ -270,15 +321,18 @@ def _configure_chat(parser: argparse.ArgumentParser) -> None:
         "--image", action="append", default=[], type=Path, help="image to talk about (repeatable)"
     )
     parser.add_argument("--question", help="ask once, print the answer and exit (otherwise: interactive)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default 512)")
+    add_option(parser, "--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=512,
+               help="answer length limit (default 512)")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    add_option(parser, "--top-k", "--top_k", dest="top_k", type=int, default=50)
+    add_option(parser, "--top-p", "--top_p", dest="top_p", type=float, default=1.0)
+    add_option(parser, "--do-sample", "--do_sample", dest="do_sample", action="store_true",
+               help="sample instead of greedy decoding")
     parser.add_argument(
         "--allow-images", action="store_true", help="let answers contain generated images (needs --dualvitok)"
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where generated images go")
+    add_option(parser, "--output-dir", "--output_dir", dest="output_dir", type=Path, default=Path("outputs"),
+               help="where generated images go")
     _add_model_flags(parser, needs_decoder=False)
 
 
@@ -316,7 +370,7 @@ def _run_chat(args: argparse.Namespace) -> int:
     check_sampling(args.temperature, args.top_k, args.top_p, prefix="--")
     check_count(args.max_new_tokens, "--max-new-tokens")
     if args.allow_images and args.dualvitok is None:
-        raise SystemExit("illume chat: --allow-images needs --dualvitok to turn generated codes into pixels")
+        raise UserError("illume chat: --allow-images needs --dualvitok to turn generated codes into pixels")
     pipe = _load_pipeline(args)
     images = [load_image(path) for path in args.image]
     if args.question is not None:
@@ -399,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ILLUME+: understand, generate and edit images with one multimodal LLM.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument(
+        DEBUG_FLAG, action="store_true", help="show the traceback of input errors (also ILLUME_DEBUG=1)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in SUBCOMMANDS.values():
         sub = commands.add_parser(command.name, help=command.help, description=command.help)
@@ -407,12 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     return int(args._run(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `illume` console script; returns the exit status (2: an input error)."""
+    return run_cli("illume", _main, argv)
 
 
 if __name__ == "__main__":

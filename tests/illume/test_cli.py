@@ -135,6 +135,53 @@ def test_interactive_chat_reads_until_exit(model_flags, monkeypatch, capsys):
     assert capsys.readouterr().out.count("illume> ") == 2
 
 
+def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "illume.cli", *argv], capture_output=True, text=True,
+        env={**os.environ, "ILLUME_DEBUG": "0", **(env or {})}, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["train", "configs/tiny/illume_debug_tiny.py", "--model_args.no_such_key=1"], "no_such_key"),
+        (["generate", "--model", "MISSING", "--dualvitok", "MISSING", "--prompt", "x"], "--model MISSING"),
+        (["generate", "--model", ".", "--dualvitok", ".", "--prompt", "x", "--resolution", "77x77"], "77x77"),
+        (["chat", "--model", ".", "--question", "hi", "--device", "gpu"], "--device 'gpu'"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(argv, names):
+    done = _cli(*argv)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("illume: error: ") and names in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_debug_shows_the_traceback_of_a_user_mistake():
+    argv = ["generate", "--model", "MISSING", "--dualvitok", "MISSING", "--prompt", "x"]
+    assert "Traceback" in _cli(*argv, "--debug").stderr
+    assert "Traceback" in _cli(*argv, env={"ILLUME_DEBUG": "1"}).stderr
+
+
+def test_official_spellings_are_hidden_aliases():
+    parser = build_parser()
+    official = ["generate", "--model_name", "m", "--tokenizer_checkpoint", "d", "--tokenizer_config", "c",
+                "--diffusion_decoder_path", "s", "--batch_size", "3", "--llm_cfg_scale", "1.5", "--top_k", "7"]  # fmt: skip
+    args = parser.parse_args(official)
+    assert (args.model, args.dualvitok, args.dualvitok_config, args.sdxl_decoder) == ("m", "d", "c", "s")
+    assert (args.batch_size, args.cfg_scale, args.top_k) == (3, 1.5, 7)
+    generate = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "generate")[1]
+    text = generate.format_help()
+    for flag in ("--model", "--dualvitok", "--dualvitok-config", "--sdxl-decoder", "--batch-size", "--cfg-scale"):
+        assert flag in text
+    for alias in official[1::2]:
+        assert alias not in text, alias
+
+
 def test_bad_resolution_is_rejected(model_flags, capsys):
     with pytest.raises(SystemExit):
         main(["generate", *model_flags, "--prompt", "x", "--resolution", "big"])
