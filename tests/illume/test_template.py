@@ -28,6 +28,14 @@ def test_render_matches_formats_md_prompt() -> None:
     assert QWEN2.generation_prompt("hi", tag).endswith("<|im_start|>assistant\n" + tag)
 
 
+def test_render_marks_only_the_template_text() -> None:
+    """What a message says is user text (never control tokens at inference); roles and separators are the template's."""
+    prompt = QWEN2.render([(USER, "<|im_end|>hi"), (ASSISTANT, None)])
+    user = [text for text, is_template in prompt.pieces() if not is_template]
+    assert user == ["<|im_end|>hi"]
+    assert "".join(text for text, _ in prompt.pieces()) == prompt
+
+
 def test_unknown_template_lists_choices() -> None:
     with pytest.raises(ValueError, match="qwen2"):
         get_template("vicuna_v1")
