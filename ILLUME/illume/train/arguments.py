@@ -40,6 +40,10 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "mpt_attn_impl": "triton",
     "cache_dir": None,
     "tune_mm_mlp_adapter": False,
+    # Throughput switches of this implementation (illume.train.objective / trainer).
+    "cross_entropy_backend": "auto",
+    "cross_entropy_chunk_size": 1024,
+    "packing": False,
 }
 
 # Official keys renamed or folded in transformers 5.

@@ -7,9 +7,10 @@ Differences from the plain Trainer, each for a reason:
   no-decay; every rate that is set applies on its own (the official code ignored the tower rate
   unless the projector rate was also set);
 * the loss is the mean over each micro-batch's supervised tokens, as in the official training,
-  and is also logged per dataset (`loss/<dataset>`, reduced over all ranks): the mean loss of the
-  micro-batches that held samples of that dataset — exact per dataset with one sample per device
-  (every shipped config), a blend of the datasets present otherwise;
+  computed without full-vocabulary logits (:mod:`illume.train.objective`: chunked or liger
+  head + cross-entropy, optionally packed rows); it is also logged per dataset (`loss/<dataset>`,
+  reduced over all ranks): the mean of the token-mean losses of that dataset's samples (with
+  liger, which returns only the batch loss, each sample counts with its micro-batch's loss);
 * `group_by_modality_length` uses :class:`ModalityLengthGroupedSampler`;
 * every checkpoint folder also holds the DualViTok architecture (`VQ_CONFIG_FILE`), so it loads
   through `AutoModelForCausalLM.from_pretrained` anywhere.
@@ -28,7 +29,9 @@ from torch import nn
 from transformers import Trainer
 
 from illume.data.sampler import ModalityLengthGroupedSampler
+from illume.train.checkpoints import staged_save
 from illume.train.model_builder import MODULE_PREFIXES, save_vq_config
+from illume.train.objective import ObjectiveConfig, empty_index, training_objective
 
 __all__ = ["ILLUMETrainer", "parameter_groups"]
 
@@ -79,6 +82,11 @@ class ILLUMETrainer(Trainer):
         # Per-micro-batch token-mean loss (the official objective), divided by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._dataset_loss: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.objective = ObjectiveConfig(
+            backend=getattr(self.args, "cross_entropy_backend", "auto"),
+            chunk_size=int(getattr(self.args, "cross_entropy_chunk_size", 1024)),
+            packing=bool(getattr(self.args, "packing", False)),
+        )
 
     # ------------------------------------------------------------------ optimisation
     def learning_rates(self) -> dict[str, float]:
@@ -133,10 +141,19 @@ class ILLUMETrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         names = inputs.pop("dataset_names", None)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        if "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs)
+        device = inputs["labels"].device
+        with training_objective(self.accelerator.unwrap_model(model), self.objective) as step:
+            loss, outputs = super().compute_loss(
+                model, {**inputs, "logits_to_keep": empty_index(device)}, return_outputs=True
+            )
         if names and model.training:
-            value = float(loss.detach())
-            for name in names:
+            if step.sample_loss is not None:
+                values = step.sample_loss.tolist()
+            else:
+                values = [float(loss.detach())] * len(names)
+            for name, value in zip(names, values):
                 self._dataset_loss[name][0] += value
                 self._dataset_loss[name][1] += 1
         return (loss, outputs) if return_outputs else loss
@@ -160,6 +177,11 @@ class ILLUMETrainer(Trainer):
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ saving
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # Staged and published atomically, so a kill mid-write never blocks resuming.
+        with staged_save(self):
+            super()._save_checkpoint(model, trial)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save and self.vq_model_config is not None:
