@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -221,7 +222,10 @@ def test_imgedit_batches_by_anchor_and_resumes(tmp_path, models, monkeypatch):
 def test_two_torchrun_ranks_split_the_work(tmp_path, tiny_origin_dir, tiny_dualvitok_dir):  # noqa: F811
     _geneval_metadata(tmp_path / "meta.jsonl", 5)
     out = tmp_path / "geneval"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                "-m", "illume.eval.command", "geneval", "--metadata", str(tmp_path / "meta.jsonl"),
                "--model", str(tiny_origin_dir), "--dualvitok", str(tiny_dualvitok_dir), "--output-dir", str(out),
                "--limit", "4", "--samples", "1", "--resolution", SIZE, "--device", "cpu"]  # fmt: skip

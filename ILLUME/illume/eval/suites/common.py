@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +85,11 @@ def open_shard(device: str | None = None) -> Shard:
     return Shard(context.rank, context.world_size, context.device, context if context.enabled else None)
 
 
-def select_jobs(jobs: Sequence[Any], limit: int | None, shard: Shard | None) -> list[Any]:
-    """The first `limit` jobs (all when None), strided over ranks (when `shard` is given)."""
+def select_jobs(jobs: Sequence[Any], limit: int | None) -> list[Any]:
+    """The first `limit` jobs (all when None); rank r then takes `[r::world_size]` of them."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of items, got {limit}")
-    chosen = list(jobs) if limit is None else list(jobs)[:limit]
-    return chosen if shard is None else chosen[shard.rank :: shard.world_size]
+    return list(jobs) if limit is None else list(jobs)[:limit]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +223,6 @@ class ImageOptions:
     seed: int = 42
     speculative: Any = None
     quantize: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keywords for `IllumePipeline.generate` / `edit` (speculative/quantize only when set)."""
@@ -237,7 +235,6 @@ class ImageOptions:
             decoder=self.decoder,
             diffusion_cfg_scale=self.diffusion_cfg_scale,
             diffusion_steps=self.diffusion_steps,
-            **self.extra,
         )
         for name in ("speculative", "quantize"):
             if getattr(self, name) is not None:
@@ -422,7 +419,7 @@ def _run_suite(
     options = image_options(args)
     generation = {"models": model_record(args), "sampling": options.record(), **generation}
     record_settings(args.output_dir, suite, generation, shard, limit=args.limit)
-    chosen = select_jobs(jobs, args.limit, None)
+    chosen = select_jobs(jobs, args.limit)
     mine = chosen[shard.rank :: shard.world_size]
     log = ShardLog(args.output_dir, shard)
     if any(not is_done(job) for job in mine):

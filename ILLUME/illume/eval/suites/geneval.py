@@ -46,6 +46,8 @@ def sample_path(output_dir: Path, index: int, sample: int) -> Path:
 
 
 def run(args: Any) -> int:
+    from vision_tokenizer.runtime.atomic import atomic_write_text
+
     from illume.eval.suites.common import atomic_save
 
     rows = read_metadata(args.metadata)
@@ -62,8 +64,7 @@ def run(args: Any) -> int:
 
     def write(job: T2IJob, images: list) -> None:
         folder = out / job.key
-        (folder / "samples").mkdir(parents=True, exist_ok=True)
-        (folder / "metadata.jsonl").write_text(json.dumps(rows[int(job.key)]) + "\n", encoding="utf-8")
+        atomic_write_text(folder / "metadata.jsonl", json.dumps(rows[int(job.key)]) + "\n")
         for k, image in enumerate(images):
             atomic_save(image, sample_path(out, int(job.key), k))
 

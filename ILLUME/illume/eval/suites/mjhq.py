@@ -50,7 +50,7 @@ def reference_image(reference_dir: Path, category: str, key: str) -> Path | None
     return None
 
 
-def _score(args: Any, items: list[tuple[str, str, str]], images_dir: Path) -> dict[str, Any]:
+def _score(args: Any, items: list[tuple[str, str, str]], images_dir: Path, device: Any) -> dict[str, Any]:
     from illume.eval.suites.fid import extract_features, feature_extractor, fid_of_features
 
     pairs = []
@@ -61,7 +61,7 @@ def _score(args: Any, items: list[tuple[str, str, str]], images_dir: Path) -> di
             if photo is None:
                 raise UserError(f"--reference-dir {args.reference_dir}: no image for {category}/{key}")
             pairs.append((category, made, photo))
-    extractor = feature_extractor(args.features, args.inception_weights, args.device or "cpu")
+    extractor = feature_extractor(args.features, args.inception_weights, device)
     generated = extract_features([g for _, g, _ in pairs], extractor, args.fid_batch_size)
     reference = extract_features([r for _, _, r in pairs], extractor, args.fid_batch_size)
     categories = sorted({c for c, _, _ in pairs})
@@ -95,7 +95,7 @@ def run(args: Any) -> int:
             print(f"MJHQ-30k images in {images_dir}; give --reference-dir mjhq30k_imgs to compute the FID")
         else:
             chosen = items if args.limit is None else items[: args.limit]
-            report = _score(args, chosen, images_dir)
+            report = _score(args, chosen, images_dir, shard.device)
             (args.output_dir / "fid.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             print(f"MJHQ-30k FID {report['overall']['fid']} (written to {args.output_dir / 'fid.json'})")
     shard.close()
