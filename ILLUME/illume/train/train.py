@@ -5,8 +5,8 @@ official `model_args`, `data_args` and `training_args`. Devices: CUDA, Ascend NP
 `torch_npu` is installed) or CPU (gloo for several processes). Relative paths in the config
 (data meta configs, checkpoints, `output_dir`, the DeepSpeed json) are resolved against the
 repository root, falling back to `ILLUME/` for the official `./scripts/zero*.json`.
-If `output_dir` holds `checkpoint-*` folders, training resumes from the latest exactly (model,
-optimizer, scheduler, RNG and data position).
+If `output_dir` holds `checkpoint-*` folders, training resumes from the newest complete one exactly
+(model, optimizer, scheduler, RNG and data position; see `illume.train.checkpoints`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from vision_tokenizer.utils.config import load_config
 
 from illume.data.builder import build_training_dataset
@@ -30,6 +29,7 @@ from illume.data.collator import SupervisedCollator
 from illume.data.conversation import get_template
 from illume.data.errors import RecordErrorPolicy
 from illume.train.arguments import build_training_arguments
+from illume.train.checkpoints import resume_checkpoint, rewind_metrics
 from illume.train.model_builder import build_model_and_tokenizer
 from illume.train.trainer import ILLUMETrainer
 
@@ -64,6 +64,13 @@ class DatasetEpochCallback(TrainerCallback):
 
 class MetricsFileCallback(TrainerCallback):
     """Append every log record (losses, learning rate, per-dataset losses) to `output_dir/metrics.jsonl`."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run starts after its checkpoint: rows the killed run logged later would repeat.
+        if state.is_world_process_zero and rewind_metrics(
+            Path(args.output_dir) / METRICS_FILE, state.global_step
+        ):
+            logger.info("%s continues from step %d", METRICS_FILE, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -117,9 +124,7 @@ def run(cfg: Any) -> ILLUMETrainer:
         callbacks=[DatasetEpochCallback(dataset), MetricsFileCallback()],
         vq_model_config=built.vq_model_config,
     )
-    last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-    if last is not None:
-        logger.info("resuming from %s", last)
+    last = resume_checkpoint(args.output_dir, set_aside=args.process_index == 0)
     trainer.train(resume_from_checkpoint=last)
     trainer.save_state()
     trainer.save_model(args.output_dir)

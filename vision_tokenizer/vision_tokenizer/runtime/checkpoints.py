@@ -9,9 +9,9 @@ one that is not to `<name>.incomplete` (no marker) or `<name>.corrupt` (marker, 
 load), so a kill during a write never blocks a resume and nothing is silently deleted.
 Checkpoints without a marker (written before markers existed) are accepted when they load.
 
-Fault injection for chaos tests: `ILLUME_FAULT_CHECKPOINT=N` makes the N-th `save` of the
-process exit (code 75) half-way through writing; `N:unmarked` exits after the rename, before
-the marker.
+Fault injection for chaos tests: `ILLUME_FAULT_CHECKPOINT=N` makes the N-th save of the
+process exit (code 75) half-way through writing; `N:unmarked` exits right after the rename
+(for a file: before its marker). Other checkpoint writers (the MLLM's) call `fault_hook` too.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ __all__ = [
     "CheckpointDir",
     "MARKER",
     "FAULT_ENV",
+    "FAULT_EXIT_CODE",
+    "fault_hook",
     "torch_save",
     "torch_load",
     "capture_rng_state",
@@ -50,7 +52,7 @@ logger = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 FAULT_ENV = "ILLUME_FAULT_CHECKPOINT"
 FAULT_EXIT_CODE = 75
-_saves_in_process = 0
+_saves = {"pid": 0, "count": 0}  # saves of this process (reset in a forked child)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class CheckpointDir:
         prefix, suffix: around the step number (`""`/`".pt"` for files, `"checkpoint-"`/`""` for folders).
         folder: whether a checkpoint is a folder (marker inside) or a single file (marker beside).
         keep: newest complete checkpoints kept after each save (None or <= 0: all).
+        aside: where unusable checkpoints are moved (default: `directory`).
     """
 
     def __init__(
@@ -104,8 +107,10 @@ class CheckpointDir:
         suffix: str = ".pt",
         folder: bool = False,
         keep: int | None = None,
+        aside: str | os.PathLike | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.aside = Path(aside) if aside is not None else self.directory
         self.prefix, self.suffix, self.folder = prefix, suffix, folder
         self.keep = keep
         self._name = re.compile(rf"^{re.escape(prefix)}(\d+){re.escape(suffix)}$")
@@ -143,8 +148,6 @@ class CheckpointDir:
 
         `write` creates the file (or fills the already created folder) at the path it is given.
         """
-        global _saves_in_process
-        _saves_in_process += 1
         final = self.path_for(step)
         staging = final.with_name(final.name + ".tmp")
         _remove(staging)
@@ -152,9 +155,7 @@ class CheckpointDir:
         if self.folder:
             staging.mkdir()
         write(staging)
-        fault = _fault_phase()
-        if fault == "write":
-            _die_mid_write(staging)
+        fault_hook("written", staging)
         if self.folder:
             fsync_tree(staging)
             atomic_write_text(staging / MARKER, f"{step}\n")
@@ -167,8 +168,7 @@ class CheckpointDir:
                 self.marker_path(final).unlink(missing_ok=True)
         os.replace(staging, final)
         fsync_dir(self.directory)
-        if fault == "unmarked":
-            os._exit(FAULT_EXIT_CODE)
+        fault_hook("published")
         if not self.folder:
             atomic_write_text(self.marker_path(final), f"{final.stat().st_size}\n")
         self.prune()
@@ -227,7 +227,8 @@ class CheckpointDir:
         return torch_load(path)
 
     def _set_aside(self, path: Path, kind: str) -> Path:
-        base = path.with_name(path.name.removesuffix(".tmp") + f".{kind}")
+        self.aside.mkdir(parents=True, exist_ok=True)
+        base = self.aside / (path.name.removesuffix(".tmp") + f".{kind}")
         target, number = base, 1
         while target.exists():
             target, number = base.with_name(f"{base.name}.{number}"), number + 1
@@ -245,23 +246,33 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _fault_phase() -> str | None:
-    """The fault `ILLUME_FAULT_CHECKPOINT` asks for at this save, if any."""
+def fault_hook(moment: str, staging: Path | None = None) -> None:
+    """Chaos-test hook of every checkpoint writer (`ILLUME_FAULT_CHECKPOINT`, see the module docstring).
+
+    `moment` is "written" (all files written, nothing published yet; counts the saves of this
+    process) or "published" (renamed into place). At the planned save, "written" truncates the
+    largest file of `staging` to half and exits, as a kill during the write would leave it;
+    with the `:unmarked` variant the exit happens at "published" instead.
+    """
+    if _saves["pid"] != os.getpid():
+        _saves.update(pid=os.getpid(), count=0)
+    if moment == "written":
+        _saves["count"] += 1
     spec = os.environ.get(FAULT_ENV)
     if not spec:
-        return None
+        return
     count, _, phase = spec.partition(":")
-    return (phase or "write") if int(count) == _saves_in_process else None
-
-
-def _die_mid_write(staging: Path) -> None:
-    """Leave a half-written checkpoint behind, as a kill during `torch.save` would."""
-    files = [staging] if staging.is_file() else sorted(p for p in staging.rglob("*") if p.is_file())
-    if files:
-        biggest = max(files, key=lambda p: p.stat().st_size)
-        with open(biggest, "r+b") as handle:
-            handle.truncate(biggest.stat().st_size // 2)
-    os._exit(FAULT_EXIT_CODE)
+    if int(count) != _saves["count"]:
+        return
+    if moment == "written" and phase != "unmarked" and staging is not None:
+        files = [staging] if staging.is_file() else sorted(p for p in staging.rglob("*") if p.is_file())
+        if files:
+            biggest = max(files, key=lambda p: p.stat().st_size)
+            with open(biggest, "r+b") as handle:
+                handle.truncate(biggest.stat().st_size // 2)
+        os._exit(FAULT_EXIT_CODE)
+    if moment == "published" and phase == "unmarked":
+        os._exit(FAULT_EXIT_CODE)
 
 
 # ---- run logs -----------------------------------------------------------------------------
