@@ -14,7 +14,7 @@ test: install
 lint:
 	$(PYTHON) -m ruff check .
 
-# Install (editable, all extras) only when the packages or the quick start's dependencies are missing.
+# The README's set-up command (scripts/install.sh), run only when something it installs is missing.
 install:
-	@$(PYTHON) -c "import illume, vision_tokenizer, matplotlib, skimage" 2>/dev/null || \
-		$(PYTHON) -m pip install -e ".[all]"
+	@$(PYTHON) -c "import illume, vision_tokenizer, matplotlib, skimage, deepspeed, lmms_eval, datasets" 2>/dev/null || \
+		PYTHON=$(PYTHON) bash scripts/install.sh

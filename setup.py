@@ -30,10 +30,18 @@ extras = {
     "npu": ["torch_npu"],
     "flash": ["flash-attn>=2.6"],
     "deepspeed": ["deepspeed>=0.15"],
+    # What lmms-eval's command line imports; lmms-eval itself is installed with --no-deps by
+    # scripts/install.sh, since its declared requirements replace a CPU torch with a CUDA one.
+    "lmms": ["sacrebleu>=2", "evaluate>=0.4", "datasets>=2.16", "loguru>=0.7", "pytablewriter>=1", "tenacity>=8",
+             "filelock>=3,<4"],
 }
-# `eval` stays out of `all`: torch-fidelity needs torchvision, which would replace a CPU torch with a
-# CUDA build; install it next to the torch you have (`pip install -e ".[eval]"`).
-extras["all"] = sorted({dep for name in ("dev", "train", "decoder", "demo", "quickstart") for dep in extras[name]})
+# The extras that `all` leaves out, and why: `eval` (torch-fidelity): PyPI's torchvision wheel
+# installs beside the CPU torch but cannot be imported with it (`operator torchvision::nms does not
+# exist`), so install it with the torchvision build that matches your torch; `deepspeed` needs
+# `--no-build-isolation` (scripts/install.sh does that); `npu` and `flash` need their hardware.
+# Every other extra is in `all`, so a new extra is installed by the README's set-up command.
+_NOT_IN_ALL = ("eval", "deepspeed", "npu", "flash")
+extras["all"] = sorted({dep for name, deps in extras.items() if name not in _NOT_IN_ALL for dep in deps})
 
 setup(
     name="illume-plus",
