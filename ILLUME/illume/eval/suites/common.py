@@ -242,7 +242,8 @@ class ImageOptions:
         return kwargs
 
     def record(self) -> dict[str, Any]:
-        return asdict(self)
+        """What decides the images; the batch size does not (a row depends only on its own seed)."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
 
 
 def load_pipeline(args: Any, shard: Shard) -> Any:
@@ -418,7 +419,7 @@ def _run_suite(
     shard = open_shard(args.device)
     options = image_options(args)
     generation = {"models": model_record(args), "sampling": options.record(), **generation}
-    record_settings(args.output_dir, suite, generation, shard, limit=args.limit)
+    record_settings(args.output_dir, suite, generation, shard, limit=args.limit, batch_size=args.batch_size)
     chosen = select_jobs(jobs, args.limit)
     mine = chosen[shard.rank :: shard.world_size]
     log = ShardLog(args.output_dir, shard)
