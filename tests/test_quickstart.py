@@ -155,3 +155,36 @@ def test_the_illume_command_runs_the_quickstart(tmp_path: Path) -> None:
     assert not (tmp_path / "tokenizer").exists()
     with pytest.raises(SystemExit, match="unknown photos"):
         cli.main(["quickstart", "--output-dir", str(tmp_path), "--set", "photos=['dog', 'coins']"])
+
+
+@pytest.mark.parametrize(
+    ("usable", "busy", "processes", "expected"),
+    [
+        (2, 0.1, 1, 2),  # idle 2-core machine: both cores
+        (2, 2.0, 1, 1),  # two busy programs beside us: one thread, never zero
+        (8, 3.0, 1, 5),
+        (8, 3.0, 2, 2),  # torchrun with 2 workers: 2 x 2 <= 5 free cores
+        (8, 0.0, 3, 2),  # 3 x 2 <= 8; 3 x 3 would not fit
+        (4, 9.0, 2, 1),  # overloaded: one each
+        (4, 0.4, 1, 4),  # measurement noise below half a core costs nothing
+    ],
+)
+def test_thread_budget_never_oversubscribes(usable, busy, processes, expected) -> None:
+    from illume.quickstart.threads import CpuState, thread_budget
+
+    threads = thread_budget(CpuState(usable=usable, busy=busy), processes)
+    assert threads == expected
+    free = max(0, usable - round(busy))
+    assert threads == 1 or threads * processes <= free
+
+
+def test_measured_cpu_state_is_within_the_machine() -> None:
+    import os
+
+    from illume.quickstart.threads import measure_cpu_state, threads_per_process
+
+    state = measure_cpu_state(probe_seconds=0.05)
+    assert 1 <= state.usable <= len(os.sched_getaffinity(0))
+    assert 0.0 <= state.busy <= (os.cpu_count() or 1) + 1e-6
+    assert threads_per_process(3) == 3  # a configured number wins
+    assert 1 <= threads_per_process(None) <= state.usable

@@ -41,7 +41,7 @@ nproc_per_node = 1
 understanding_questions = ['Describe the image.', 'Is this photo in colour or in black and white?']
 max_new_tokens = 48
 
-# CPU threads per process (None: torch's default, all cores). One thread per process is best when
-# other programs keep the cores busy.
+# CPU threads per process. None: measured before each stage, so that processes x threads fit the
+# cores other programs leave free (ILLUME/illume/quickstart/threads.py); a number fixes it.
 num_threads = None
 seed = 0

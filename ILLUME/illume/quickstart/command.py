@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads per process (default: the settings' num_threads)",
+        help="CPU threads per process (default: the settings' num_threads; none: the cores free when each stage starts)",
     )
 
 

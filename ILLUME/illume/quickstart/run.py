@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from illume.quickstart.report import REPORT_FILE, write_report
-from illume.quickstart.runner import StageRunner
+from illume.quickstart.runner import StageContext, StageRunner
 from illume.quickstart.settings import QuickstartSettings
 from illume.quickstart.stages import (
     STAGES,
@@ -21,6 +21,7 @@ from illume.quickstart.stages import (
     train_mllm,
     train_tokenizer,
 )
+from illume.quickstart.threads import threads_per_process
 
 __all__ = ["run_quickstart"]
 
@@ -44,11 +45,18 @@ def run_quickstart(
     """
     if until is not None and until not in STAGES:
         raise ValueError(f"until={until!r} is not a stage; stages are {list(STAGES)}")
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
     out_dir = Path(out_dir).resolve()
     runner = StageRunner(out_dir, STAGES, redo)
     s = settings
+
+    def share_of_cores(stage: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
+        """Run an in-process stage with the threads free when it starts (see illume.quickstart.threads)."""
+
+        def run(ctx: StageContext) -> dict:
+            torch.set_num_threads(threads_per_process(s.num_threads))
+            return stage(ctx)
+
+        return run
 
     def stop_after(name: str) -> bool:
         return until == name
@@ -59,14 +67,14 @@ def run_quickstart(
     if stop_after("data"):
         return None
     tokenizer_inputs = [_file_digest(s.path(s.tokenizer_config)), s.resolution, s.tokenizer_steps, s.seed]
-    tokenizer = runner.run("tokenizer", tokenizer_inputs, lambda ctx: train_tokenizer(s, ctx, data))
+    tokenizer = runner.run("tokenizer", tokenizer_inputs, share_of_cores(lambda ctx: train_tokenizer(s, ctx, data)))
     if stop_after("tokenizer"):
         return None
-    runner.run("codebooks", [s.resolution], lambda ctx: tokenize_datasets(s, ctx, data, tokenizer))
+    runner.run("codebooks", [s.resolution], share_of_cores(lambda ctx: tokenize_datasets(s, ctx, data, tokenizer)))
     if stop_after("codebooks"):
         return None
     llm_inputs = [s.llm, s.bpe_vocab_size, s.seed, list(s.understanding_questions)]
-    llm = runner.run("llm", llm_inputs, lambda ctx: build_llm(s, ctx, data, tokenizer))
+    llm = runner.run("llm", llm_inputs, share_of_cores(lambda ctx: build_llm(s, ctx, data, tokenizer)))
     if stop_after("llm"):
         return None
     mllm_inputs = [_file_digest(s.path(s.mllm_config)), s.mllm_steps, s.nproc_per_node]
@@ -74,7 +82,7 @@ def run_quickstart(
     if stop_after("mllm"):
         return None
     inference_inputs = [list(s.understanding_questions), s.max_new_tokens]
-    runner.run("inference", inference_inputs, lambda ctx: run_inference(s, ctx, data, tokenizer, mllm))
+    runner.run("inference", inference_inputs, share_of_cores(lambda ctx: run_inference(s, ctx, data, tokenizer, mllm)))
     if stop_after("inference"):
         return None
 

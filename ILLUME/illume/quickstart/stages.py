@@ -28,6 +28,7 @@ from illume.quickstart.evaluation import photo_at, psnr_between, psnr_summary, r
 from illume.quickstart.example_data import DATASET_NAMES, build_example_data, select_photos
 from illume.quickstart.runner import StageContext
 from illume.quickstart.settings import QuickstartSettings
+from illume.quickstart.threads import threads_per_process
 
 __all__ = [
     "STAGES",
@@ -259,9 +260,9 @@ def train_mllm(
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={settings.nproc_per_node}", str(TRAIN_SCRIPT), str(config_path),
     ]  # fmt: skip
-    env = dict(os.environ)
-    if settings.num_threads:
-        env["OMP_NUM_THREADS"] = str(settings.num_threads)
+    # Each worker's torch takes OMP_NUM_THREADS intra-op threads: together they fit the free cores.
+    threads = threads_per_process(settings.num_threads, settings.nproc_per_node)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     logger.info("running: torchrun %s", " ".join(command[4:]))
     completed = subprocess.run(command, env=env, check=False)
     if completed.returncode != 0:
