@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -221,17 +222,27 @@ def image_block_layout(grid: ImageGrid) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class ImageSchedule:
-    """What each position of an image block may hold, for constrained decoding.
+    """What each position of an image block may hold: the one grammar every decoder follows.
 
     `forced[i]` is the only token allowed at position i, or -1 where a code is sampled; `level[i]`
     is the code level sampled there (-1 at forced positions). Position 0 is `<start_of_image>`.
+    Plain tuples: decoders walk them on the host, once per generated token.
     """
 
-    forced: torch.Tensor
-    level: torch.Tensor
+    grid: ImageGrid
+    forced: tuple[int, ...]
+    level: tuple[int, ...]
 
     def __len__(self) -> int:
-        return int(self.forced.numel())
+        return len(self.forced)
+
+
+@lru_cache(maxsize=64)
+def _schedule(vocab: ImageVocabulary, grid: ImageGrid) -> ImageSchedule:
+    marker, level = image_block_layout(grid)
+    special = torch.tensor(vocab.special_tokens_ids, dtype=torch.long)
+    forced = torch.where(marker >= 0, special[marker.clamp(min=0)], -1)
+    return ImageSchedule(grid, tuple(forced.tolist()), tuple(level.tolist()))
 
 
 class MalformedImageTokens(ValueError):
@@ -444,11 +455,8 @@ class ImageVocabulary:
         return self.resolution_tag_ids(height, width) + self.image_token_ids(semantic_codes, pixel_codes)
 
     def schedule(self, grid: ImageGrid) -> ImageSchedule:
-        """Per-position plan of an image block: forced marker ids, and which level is sampled where."""
-        marker, level = image_block_layout(grid)
-        special = torch.tensor(self.special_tokens_ids, dtype=torch.long)
-        forced = torch.where(marker >= 0, special[marker.clamp(min=0)], -1)
-        return ImageSchedule(forced, level)
+        """Per-position plan of an image block (cached): forced marker ids, and which level is sampled where."""
+        return _schedule(self, grid)
 
     # ------------------------------------------------------------------ parsing
     def token_name(self, token_id: int) -> str:

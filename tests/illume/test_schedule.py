@@ -11,7 +11,7 @@ import torch
 from illume.inference.decoder import StaticDecoder
 from illume.inference.engine import GenerationEngine, PromptEmbeddings, RowSpec
 from illume.inference.sampling import PIXEL, SEMANTIC, SamplingConfig, row_keys
-from illume.inference.schedule import GENERATION_RESOLUTIONS, TextRules, image_plan
+from illume.inference.schedule import GENERATION_RESOLUTIONS, TextRules
 from illume.vocab import RATIOS, ImageGrid, ImageVocabulary
 from transformers import AutoTokenizer
 
@@ -31,10 +31,10 @@ class RandomLogitsDecoder(StaticDecoder):
         self.generator = torch.Generator().manual_seed(seed)
 
     def _forward(self, embeds, positions, write_slots, mask):
-        return torch.zeros(embeds.shape[0], embeds.shape[-1])
+        return torch.zeros(embeds.shape)
 
     def _head(self, hidden, span):
-        return torch.randn(hidden.shape[0], span[1] - span[0], generator=self.generator) * 8
+        return torch.randn(*hidden.shape[:-1], span[1] - span[0], generator=self.generator) * 8
 
 
 def random_engine(vocab, monkeypatch, seed, **kwargs) -> GenerationEngine:
@@ -47,14 +47,12 @@ def random_engine(vocab, monkeypatch, seed, **kwargs) -> GenerationEngine:
     return engine
 
 
-def test_plan_follows_the_vocabulary_schedule(vocab):
+def test_schedule_counts_and_forced_positions(vocab):
     grid = ImageGrid.for_resolution(384, 512)
-    plan = image_plan(vocab, grid)
-    schedule = vocab.schedule(grid)
-    assert plan.forced == tuple(schedule.forced.tolist())
+    plan = vocab.schedule(grid)
     assert len(plan) == grid.num_tokens == 1002
-    assert plan.phase.count(SEMANTIC) == 12 * 16 and plan.phase.count(PIXEL) == 24 * 32
-    assert all((f >= 0) == (p < 0) for f, p in zip(plan.forced, plan.phase))
+    assert plan.level.count(SEMANTIC - 1) == 12 * 16 and plan.level.count(PIXEL - 1) == 24 * 32
+    assert all((f >= 0) == (lv < 0) for f, lv in zip(plan.forced, plan.level))
 
 
 def test_text_rules_ban_in_image_markers_and_unknown_heights(vocab):

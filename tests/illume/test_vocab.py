@@ -144,12 +144,14 @@ def test_parse_round_trip_and_schedule(tiny_vocab: ImageVocabulary) -> None:
 
     plan = tiny_vocab.schedule(grid)
     ids_t = torch.tensor(ids)
-    assert len(plan) == len(ids) == grid.num_tokens
-    forced = plan.forced >= 0
-    assert torch.equal(plan.forced[forced], ids_t[forced])
-    assert torch.equal(plan.level >= 0, ~forced)
+    assert len(plan) == len(ids) == grid.num_tokens and plan.grid == grid
+    assert tiny_vocab.schedule(grid) is plan  # cached: decoders ask once per row
+    plan_forced, plan_level = torch.tensor(plan.forced), torch.tensor(plan.level)
+    forced = plan_forced >= 0
+    assert torch.equal(plan_forced[forced], ids_t[forced])
+    assert torch.equal(plan_level >= 0, ~forced)
     for level in (0, 1):
-        assert torch.equal(tiny_vocab.is_code(ids_t, level), plan.level == level)
+        assert torch.equal(tiny_vocab.is_code(ids_t, level), plan_level == level)
 
 
 def test_extract_skips_text_and_finds_every_block(tiny_vocab: ImageVocabulary) -> None:

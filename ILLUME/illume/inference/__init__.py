@@ -2,11 +2,6 @@
 
 from illume.inference.engine import GenerationEngine, PromptEmbeddings, RowSpec
 from illume.inference.pipeline import ChatReply, IllumePipeline, ImageCodes
-from illume.inference.processors import (
-    ImageGrammarProcessor,
-    LevelSamplingWarper,
-    UnconditionalGuidanceProcessor,
-)
 from illume.inference.sampling import SamplingConfig, SamplingParams, cfg_combine
 
 __all__ = [
@@ -19,7 +14,4 @@ __all__ = [
     "SamplingConfig",
     "SamplingParams",
     "cfg_combine",
-    "ImageGrammarProcessor",
-    "LevelSamplingWarper",
-    "UnconditionalGuidanceProcessor",
 ]

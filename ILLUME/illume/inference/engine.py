@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from illume.inference.decoder import StaticDecoder
+from illume.inference.decoder import LENGTH_BUCKET, StaticDecoder
 from illume.inference.sampling import (
     PIXEL,
     SEMANTIC,
@@ -39,8 +39,9 @@ from illume.inference.sampling import (
     sample_tokens,
     step_keys,
 )
-from illume.inference.schedule import GENERATION_RESOLUTIONS, ImagePlan, Requirement, TextRules, image_plan
-from illume.vocab import ImageGrid, ImageVocabulary
+from illume.inference.schedule import GENERATION_RESOLUTIONS, Requirement, TextRules
+from illume.inference.speculative import SPECULATIVE_MODES, decode_image_rows
+from illume.vocab import ImageGrid, ImageSchedule, ImageVocabulary
 
 __all__ = ["RowSpec", "PromptEmbeddings", "GenerationEngine"]
 
@@ -85,7 +86,7 @@ class _Row:
         self.eos = eos
         self.budget = text_budget
         self.stop_after_image = spec.image is not None
-        self.plan: ImagePlan | None = image_plan(vocab, spec.image) if spec.image is not None else None
+        self.plan: ImageSchedule | None = vocab.schedule(spec.image) if spec.image is not None else None
         self.mode = _IMAGE if self.plan is not None else _TEXT
         self.pos = 0
         self.height = 0
@@ -113,9 +114,9 @@ class _Row:
             forced = self.plan.forced[self.pos]
             if forced >= 0:
                 return Requirement(forced=forced)
-            phase = self.plan.phase[self.pos]
-            lo, hi = self.vocab.level_range(0 if phase == SEMANTIC else 1)
-            return Requirement(phase=phase, lo=lo, hi=hi)
+            level = self.plan.level[self.pos]
+            lo, hi = self.vocab.level_range(level)
+            return Requirement(phase=(SEMANTIC, PIXEL)[level], lo=lo, hi=hi)
         if self.mode == _TEXT:
             return self.rules.text(self.spec.allow_images)
         if self.mode == _WIDTH:
@@ -136,7 +137,7 @@ class _Row:
             return False, False, True
         if mode == _WIDTH:
             width = self.rules.width_of(token)
-            self.plan = image_plan(self.vocab, ImageGrid.for_resolution(self.height, width))
+            self.plan = self.vocab.schedule(ImageGrid.for_resolution(self.height, width))
             self.mode = _SOI
             return False, True, False
         if mode == _SOI:
@@ -146,7 +147,7 @@ class _Row:
         if token in self.eos:
             self.mode = _DONE
         elif token == self.vocab.start_of_image:
-            self.plan = image_plan(self.vocab, self.spec.default_grid)
+            self.plan = self.vocab.schedule(self.spec.default_grid)
             self.mode, self.pos = _IMAGE, 1
             return True, True, False
         elif (height := self.rules.height_of(token)) is not None:
@@ -175,6 +176,10 @@ class GenerationEngine:
     `model` is an ILLUME (or plain transformers Qwen2) causal LM. `eos_ids` end text rows
     (default: `<|im_end|>` and the pad/`<|endoftext|>` id). CUDA graphs are used on CUDA unless
     `use_cuda_graphs=False`.
+
+    The cache is sized in `LENGTH_BUCKET` steps and kept across calls, so calls with other prompt
+    lengths reuse it and its captured graphs; `decoder_builds` counts rebuilds. `forward_passes`
+    counts model forwards (prefills and steps) over the engine's life.
     """
 
     def __init__(
@@ -193,18 +198,22 @@ class GenerationEngine:
         device = model.get_input_embeddings().weight.device
         self.use_cuda_graphs = device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
         self._decoder: StaticDecoder | None = None
+        self.decoder_builds = 0
+        self.forward_passes = 0
 
     @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
     def _decoder_for(self, rows: int, max_len: int) -> StaticDecoder:
-        """Reuse the cache (and its captured graphs) when a call has the same shape as the last."""
+        """Reuse the cache (and its captured graphs) when it has these rows and room for `max_len`."""
         dec = self._decoder
-        if dec is None or dec.rows != rows or dec.max_len != max_len:
-            self._decoder = None
-            dec = StaticDecoder(self.model, rows, max_len, self.use_cuda_graphs)
+        if dec is None or dec.rows != rows or dec.max_len < max_len:
+            self._decoder = None  # free the old cache before allocating the new one
+            bucketed = -(-max_len // LENGTH_BUCKET) * LENGTH_BUCKET
+            dec = StaticDecoder(self.model, rows, bucketed, self.use_cuda_graphs)
             self._decoder = dec
+            self.decoder_builds += 1
         return dec
 
     # ------------------------------------------------------------------ step patterns
@@ -238,7 +247,7 @@ class GenerationEngine:
         stages = [[sampling.phase(r.phase if r.sampled else TEXT) for r in reqs]]
         if sampling.official_double_sampling:
             stages.append([sampling.text for _ in reqs])
-        table = PhaseTable.build(stages, device)
+        table = PhaseTable.build(stages, device, width)
         cfg_flags = [r.sampled and r.phase in (SEMANTIC, PIXEL) and sampling.uses_cfg for r in reqs]
         cfg_rows = torch.tensor(cfg_flags, device=device) if any(cfg_flags) else None
         cfg_all = all(f for f, r in zip(cfg_flags, reqs) if r.sampled)
@@ -272,6 +281,7 @@ class GenerationEngine:
         """Logits (rows, ids) of the token after each prompt, over `span` (default: every id)."""
         rows, length = prompt.attention_mask.shape
         span = span or (0, self.model.get_output_embeddings().weight.shape[0])
+        self.forward_passes += 1
         return self._decoder_for(rows, length + 1).prefill(prompt.embeds, prompt.attention_mask, span)
 
     @torch.no_grad()
@@ -306,6 +316,7 @@ class GenerationEngine:
         reqs = tuple(s.requirement() for s in states)
         pattern = self._pattern(reqs, sampling, patterns)
         logits = decoder.prefill(prompt.embeds, prompt.attention_mask, pattern.span)
+        self.forward_passes += 1
         positions = prompt.attention_mask.long().sum(-1).tolist()
         image_start: dict[int, tuple[int, int]] = {}
         keys = keys.to(self.device)
@@ -344,7 +355,8 @@ class GenerationEngine:
             if cfg:
                 state.tokens[batch:].copy_(tokens)
             state.mask[:, slot].copy_(flags)
-            logits = decoder.step(pattern.span)
+            logits = decoder.step(pattern.span, slot + 1)
+            self.forward_passes += 1
             state.positions.add_(increments)
             state.slot.add_(1)
             positions = [p + v for p, v in zip(positions, vis_key)]
@@ -359,11 +371,22 @@ class GenerationEngine:
         *,
         max_new_tokens: int = 1024,
         on_step: Callable[[], None] | None = None,
+        speculative: str = "none",
+        window: int = 16,
     ) -> list[list[int]]:
         """Generated ids per conditional row (an ended text row includes its end-of-text id).
 
-        `on_step` is called after every decode step (e.g. a progress bar's update).
+        `on_step` is called once per generated token position (e.g. a progress bar's update).
+        When every row is an image row (`RowSpec.image`) the rows are decoded in multi-token
+        windows (`speculative.decode_image_rows`): forced structure tokens ride along with the
+        next sampled token, and `speculative="jacobi"` also drafts `window - 1` code positions
+        ahead and verifies them in the same forward (exact: greedy output is unchanged, sampled
+        output has the same distribution). Text rows always decode one token per step.
         """
+        if speculative not in SPECULATIVE_MODES:
+            raise ValueError(f"speculative must be one of {SPECULATIVE_MODES}, got {speculative!r}")
+        if rows and all(r.image is not None for r in rows):
+            return self._generate_images(prompt, rows, sampling, keys, on_step, speculative, window)
         columns, masks = [], []
         for tokens, active in self.stream(prompt, rows, sampling, keys, max_new_tokens=max_new_tokens):
             columns.append(tokens)
@@ -374,3 +397,43 @@ class GenerationEngine:
             return [[] for _ in rows]
         table = torch.stack(columns, dim=1).tolist()
         return [[tok for tok, m in zip(row, (mask[r] for mask in masks)) if m] for r, row in enumerate(table)]
+
+    @torch.no_grad()
+    def _generate_images(
+        self,
+        prompt: PromptEmbeddings,
+        rows: Sequence[RowSpec],
+        sampling: SamplingConfig,
+        keys: torch.Tensor,
+        on_step: Callable[[], None] | None,
+        speculative: str,
+        window: int,
+    ) -> list[list[int]]:
+        batch = len(rows)
+        total = 2 * batch if sampling.uses_cfg else batch
+        if prompt.embeds.shape[0] != total:
+            raise ValueError(
+                f"{prompt.embeds.shape[0]} prompt rows for {batch} rows"
+                + (" with CFG (conditional rows, then as many unconditional ones)" if sampling.uses_cfg else "")
+            )
+        if keys.shape != (batch,):
+            raise ValueError(f"keys must have shape ({batch},), got {tuple(keys.shape)}")
+        schedules = [self.vocab.schedule(r.image) for r in rows]
+        width = window if speculative == "jacobi" else 1 + max(_longest_forced_run(s) for s in schedules)
+        length = prompt.embeds.shape[1] + max(len(s) for s in schedules) + width
+        decoder = self._decoder_for(total, length)
+        tokens, passes = decode_image_rows(
+            decoder, self.vocab, prompt, schedules, sampling, keys.to(self.device),
+            draft=speculative == "jacobi", width=width, on_step=on_step,
+        )  # fmt: skip
+        self.forward_passes += passes
+        return tokens
+
+
+def _longest_forced_run(schedule: ImageSchedule) -> int:
+    """Most forced positions in a row (they are fed together with the token before them)."""
+    best = run = 0
+    for forced in schedule.forced[1:]:
+        run = run + 1 if forced >= 0 else 0
+        best = max(best, run)
+    return best

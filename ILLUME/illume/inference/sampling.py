@@ -32,8 +32,10 @@ __all__ = [
     "row_keys",
     "step_keys",
     "gumbel_noise",
+    "uniform_noise",
     "PhaseTable",
     "sample_tokens",
+    "filtered_log_probs",
 ]
 
 # Phase indices: what a row is sampling at a step.
@@ -156,9 +158,18 @@ def row_keys(generators: Sequence[torch.Generator]) -> torch.Tensor:
     return torch.tensor(draws, dtype=torch.int64)
 
 
-def step_keys(keys: torch.Tensor, step: int) -> torch.Tensor:
-    """Per-row keys of the `step`-th generated token (same device as `keys`)."""
+def step_keys(keys: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """Per-row keys of the `step`-th generated token (same device as `keys`); `step` is one int
+    for every row or a tensor broadcasting against `keys` (e.g. each row's own position)."""
+    if isinstance(step, torch.Tensor):
+        return _mix32(keys ^ _mix32((step.to(keys.device, torch.int64) * _GOLDEN32) & _MASK32))
     return _mix32(keys ^ _mix32(torch.full_like(keys, (step * _GOLDEN32) & _MASK32)))
+
+
+def uniform_noise(keys: torch.Tensor) -> torch.Tensor:
+    """One uniform draw in (0, 1) per key (float32), independent of the Gumbel noise of the key."""
+    bits = _mix32(keys ^ 0x5BD1E995)
+    return ((bits >> 9).float() + 0.5) * (2.0**-23)
 
 
 def gumbel_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -185,16 +196,26 @@ class PhaseTable:
     needs_sort: bool
 
     @classmethod
-    def build(cls, stages: Sequence[Sequence[SamplingParams]], device: torch.device | str) -> PhaseTable:
-        """`stages[j][r]`: the params of stage j for row r (one stage, or two for double sampling)."""
+    def build(
+        cls, stages: Sequence[Sequence[SamplingParams]], device: torch.device | str, width: int | None = None
+    ) -> PhaseTable:
+        """`stages[j][r]`: the params of stage j for row r (one stage, or two for double sampling).
+
+        With the slice `width`, a top-k of at least `width` is off: it cannot drop anything, so
+        the sort is skipped when no other filter needs it.
+        """
+
+        def k_of(p: SamplingParams) -> int:
+            return 0 if p.top_k <= 0 or (width is not None and p.top_k >= width) else p.top_k
+
         temps, ks, ps = [], [], []
         for stage in stages:
             temps.append(torch.tensor([p.temperature for p in stage], dtype=torch.float32, device=device))
-            ks.append(torch.tensor([max(p.top_k, 0) for p in stage], dtype=torch.int64, device=device))
+            ks.append(torch.tensor([k_of(p) for p in stage], dtype=torch.int64, device=device))
             ps.append(torch.tensor([p.top_p for p in stage], dtype=torch.float32, device=device))
         first = stages[0]
-        k_cap = 0 if any(p.top_k <= 0 for p in first) else max(p.top_k for p in first)
-        needs_sort = any(p.top_k > 0 or p.top_p < 1 for stage in stages for p in stage)
+        k_cap = 0 if any(k_of(p) == 0 for p in first) else max(k_of(p) for p in first)
+        needs_sort = any(k_of(p) > 0 or p.top_p < 1 for stage in stages for p in stage)
         return cls(tuple(temps), tuple(ks), tuple(ps), k_cap, needs_sort)
 
 
@@ -224,6 +245,15 @@ def sample_tokens(
     scores = scores.float()
     if greedy:
         return scores.argmax(dim=-1) + id_offset
+    values, index = _filtered(scores, table)
+    noisy = values + gumbel_noise(keys, index + id_offset)
+    choice = noisy.argmax(dim=-1, keepdim=True)
+    return index.gather(-1, choice).squeeze(-1) + id_offset
+
+
+def _filtered(scores: torch.Tensor, table: PhaseTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filtered scores (−inf where dropped) and the slice index of each value: sorted top values
+    when a filter needs the order, else the scores themselves."""
     n = scores.shape[-1]
     if table.needs_sort:
         cap = table.k_cap if 0 < table.k_cap < n else n
@@ -238,6 +268,12 @@ def sample_tokens(
         values = scores
         for temperature in table.temperature:
             values = values / temperature[:, None]
-    noisy = values + gumbel_noise(keys, index + id_offset)
-    choice = noisy.argmax(dim=-1, keepdim=True)
-    return index.gather(-1, choice).squeeze(-1) + id_offset
+    return values, index
+
+
+def filtered_log_probs(scores: torch.Tensor, table: PhaseTable) -> torch.Tensor:
+    """The distribution `sample_tokens` draws from, as log-probabilities (rows, n) over the slice
+    (−inf where filtered out): Gumbel-max over the filtered values samples exactly this."""
+    values, index = _filtered(scores.float(), table)
+    full = torch.full_like(scores, -math.inf, dtype=torch.float32)
+    return torch.log_softmax(full.scatter(-1, index, values), dim=-1)

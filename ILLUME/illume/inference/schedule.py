@@ -1,56 +1,22 @@
-"""The image grammar as a per-position plan, and the decoding requirement of a row at one step.
+"""What a row needs at one decoding step, and the grammar of text outside image blocks.
 
-`vocab.ImageVocabulary.schedule(grid)` says, for every position of an image block, which token is
-forced or which level is sampled. `ImagePlan` keeps that as Python lists for the host-side state
-machine of the engine, with the sampling phase of every position. `Requirement` is what one row
-needs at one step: a forced id, or a draw of some phase from an id range minus a few banned ids.
+Inside an image block the grammar is the vocabulary's own `ImageVocabulary.schedule(grid)`.
+`Requirement` is what one row needs at one step: a forced id, or a draw of some phase from an id
+range minus a few banned ids. `TextRules` derives the text-phase requirements from the vocabulary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
-from illume.inference.sampling import PIXEL, SEMANTIC, TEXT
+from illume.inference.sampling import TEXT
 from illume.vocab import RATIOS, RESOLUTION_TAG_SIZES, ImageGrid, ImageVocabulary
 
-__all__ = [
-    "ImagePlan",
-    "Requirement",
-    "image_plan",
-    "GENERATION_RESOLUTIONS",
-    "TextRules",
-]
+__all__ = ["Requirement", "GENERATION_RESOLUTIONS", "TextRules"]
 
 # Resolutions an interleaved (chat) answer may open with a tag: the 11 anchors and 256².
 GENERATION_RESOLUTIONS: tuple[tuple[int, int], ...] = ((256, 256), *RATIOS)
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """Per position of one image block (soi … eoi): `forced[i]` id or -1; `phase[i]` (SEMANTIC or
-    PIXEL) where a code is sampled, else -1."""
-
-    grid: ImageGrid
-    forced: tuple[int, ...]
-    phase: tuple[int, ...]
-
-    def __len__(self) -> int:
-        return len(self.forced)
-
-
-@lru_cache(maxsize=64)
-def _plan(vocab: ImageVocabulary, grid: ImageGrid) -> ImagePlan:
-    schedule = vocab.schedule(grid)
-    levels = schedule.level.tolist()
-    phases = tuple(-1 if lv < 0 else (SEMANTIC, PIXEL)[lv] for lv in levels)
-    return ImagePlan(grid, tuple(schedule.forced.tolist()), phases)
-
-
-def image_plan(vocab: ImageVocabulary, grid: ImageGrid) -> ImagePlan:
-    """The cached plan of an image block with token grids `grid`."""
-    return _plan(vocab, grid)
 
 
 @dataclass(frozen=True)
