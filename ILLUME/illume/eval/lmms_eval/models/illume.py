@@ -3,6 +3,8 @@
 Requests are grouped by their generation settings and sent to the pipeline in batches of
 `batch_size` (the official plugin asserted a batch size of 1). Prompting and decoding are the
 pipeline's; this class only maps lmms-eval's request tuples and generation kwargs onto it.
+A task's context is question text: the pipeline puts the request's images in front of it, and
+control strings in it (`<image>`, `<|im_end|>`, ...) stay plain text.
 """
 
 from __future__ import annotations
