@@ -239,3 +239,22 @@ def test_two_torchrun_ranks_split_the_work(tmp_path, tiny_origin_dir, tiny_dualv
     assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["00000", "00001", "00002", "00003"]
     merged = [json.loads(line)["key"] for line in (out / "eval_log" / "items.jsonl").read_text().splitlines()]
     assert merged == ["00000", "00001", "00002", "00003"]
+
+
+def test_speculative_and_quantize_are_passed_only_when_set_and_supported():
+    from illume.eval.suites.common import ImageOptions
+    from vision_tokenizer.utils.user_errors import UserError
+
+    options = ImageOptions(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=1.0, speculative="jacobi")
+    assert options.pipeline_kwargs()["speculative"] == "jacobi" and "quantize" not in options.pipeline_kwargs()
+
+    def with_knob(prompts, *, speculative="none"):
+        return prompts
+
+    def without_knob(prompts):
+        return prompts
+
+    options.check_supported(with_knob)
+    with pytest.raises(UserError, match="--speculative"):
+        options.check_supported(without_knob)
+    ImageOptions(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=1.0).check_supported(without_knob)

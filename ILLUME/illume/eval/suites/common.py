@@ -241,6 +241,15 @@ class ImageOptions:
                 kwargs[name] = getattr(self, name)
         return kwargs
 
+    def check_supported(self, method: Callable) -> None:
+        """Refuse --speculative / --quantize when this pipeline's method has no such option."""
+        import inspect
+
+        known = inspect.signature(method).parameters
+        for name in ("speculative", "quantize"):
+            if getattr(self, name) is not None and name not in known:
+                raise UserError(f"--{name}: this IllumePipeline.{method.__name__} has no {name}= option")
+
     def record(self) -> dict[str, Any]:
         """What decides the images; the batch size does not (a row depends only on its own seed)."""
         return {k: v for k, v in asdict(self).items() if k != "batch_size"}
@@ -414,10 +423,19 @@ def image_options(args: Any) -> ImageOptions:
 
 
 def _run_suite(
-    args: Any, suite: str, jobs: Sequence[Any], generation: dict[str, Any], is_done: Callable, loop: Callable
+    args: Any,
+    suite: str,
+    jobs: Sequence[Any],
+    generation: dict[str, Any],
+    is_done: Callable,
+    loop: Callable,
+    method: str,
 ) -> Shard:
-    shard = open_shard(args.device)
+    from illume.inference import IllumePipeline
+
     options = image_options(args)
+    options.check_supported(getattr(IllumePipeline, method))  # before anything is recorded
+    shard = open_shard(args.device)
     generation = {"models": model_record(args), "sampling": options.record(), **generation}
     record_settings(args.output_dir, suite, generation, shard, limit=args.limit, batch_size=args.batch_size)
     chosen = select_jobs(jobs, args.limit)
@@ -450,7 +468,7 @@ def run_generation_suite(
         )  # fmt: skip
 
     generation = {"inputs": inputs, "resolution": args.resolution, **settings}
-    return _run_suite(args, suite, jobs, generation, is_done, loop)
+    return _run_suite(args, suite, jobs, generation, is_done, loop, "generate_codes")
 
 
 def run_editing_suite(
@@ -471,4 +489,4 @@ def run_editing_suite(
         )  # fmt: skip
 
     generation = {"inputs": inputs, "resolution": args.resolution, "anchors": [list(a) for a in args.anchors]}
-    return _run_suite(args, suite, jobs, generation, is_done, loop)
+    return _run_suite(args, suite, jobs, generation, is_done, loop, "edit_codes")
