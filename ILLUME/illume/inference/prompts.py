@@ -78,7 +78,11 @@ _CONTROL_CANDIDATE = re.compile(r"<[^<>\s]+>")
 
 
 def text_ids(text: str, tokenizer: Any) -> list[int]:
-    """Ids of `text` as plain text: the tokenizer's normalizer, pre-tokenizer and BPE, no added tokens."""
+    """Ids of `text` as plain text: the tokenizer's normalizer, pre-tokenizer and BPE, no added tokens.
+
+    (`split_special_tokens=True` is not enough: it ignores only *special* added tokens, and the
+    image tokens, resolution tags included, are ordinary added tokens.)
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise TypeError(f"{type(tokenizer).__name__} has no `tokenizers` backend; ILLUME needs a fast tokenizer")
