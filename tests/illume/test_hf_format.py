@@ -11,7 +11,7 @@ import pytest
 import torch
 from illume.hf import IllumeProcessor, convert_origin, convert_remote_hf
 from illume.hf.convert import main as convert_main
-from illume.vocab import IMAGE_TOKEN_INDEX
+from illume.vocab import IMAGE_TOKEN_INDEX, ImageGrid
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoProcessor
@@ -69,11 +69,20 @@ def test_processor_builds_the_official_prompt_ids(hf_dir: Path, one_image: dict,
     assert prompt == summary_prompt
     image = Image.fromarray(np.full((256, 256, 3), 90, dtype=np.uint8))
     inputs = processor(text=prompt, images=[image])
-    assert inputs["input_ids"].tolist() == one_image["input_ids"].tolist()
-    assert (inputs["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1
-    assert [tuple(x.shape) for x in inputs["images"]] == [(1, 3, 256, 256)]
+    official = one_image["input_ids"][0].tolist()
+    ids = inputs["input_ids"][0].tolist()
+    marker = official.index(IMAGE_TOKEN_INDEX)
+    block = ids[marker : len(ids) - (len(official) - marker - 1)]
+    # Text around the image is the official prompt; the image became its whole block.
+    assert ids[:marker] + [IMAGE_TOKEN_INDEX] + ids[marker + len(block) :] == official
+    assert len(ids) == one_image["prepare.attention_mask"].shape[1]
+    vocab = processor.vocabulary
+    assert block[0] == vocab.start_of_image and block[-1] == vocab.end_of_image
+    grid = ImageGrid.for_resolution(256, 256)
+    assert block.count(processor.image_token_id) == grid.num_semantic + grid.num_pixel
+    assert [tuple(x.shape) for x in inputs["pixel_values"]] == [(1, 3, 256, 256)]
     # 90/255 through the official processor: (x - 0.5) / 0.5
-    torch.testing.assert_close(inputs["images"][0], torch.full((1, 3, 256, 256), (90 / 255 - 0.5) / 0.5))
+    torch.testing.assert_close(inputs["pixel_values"][0], torch.full((1, 3, 256, 256), (90 / 255 - 0.5) / 0.5))
 
 
 def test_processor_pads_batches_on_the_left(hf_dir: Path) -> None:

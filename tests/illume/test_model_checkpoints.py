@@ -54,7 +54,7 @@ def test_3b_on_meta_matches_manifest_exactly() -> None:
 
 def test_untied_head_when_config_says_so(golden: Path, tmp_path: Path) -> None:
     values = json.loads((golden / "mllm_tiny_config.json").read_text())
-    values["mm_vision_tower"]["vq_config"] = str(golden / "dualvitok_tiny_config.json")
+    values["mm_vision_tower"]["vq_config"] = json.loads((golden / "dualvitok_tiny_config.json").read_text())
     values["tie_word_embeddings"] = False  # like Qwen2.5-7B
     model = IllumeQwen2ForCausalLM(ILLUMEQwen2Config(**values))
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()

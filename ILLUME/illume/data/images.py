@@ -20,6 +20,7 @@ from PIL import Image
 from vision_tokenizer.data.image_io import image_to_tensor, smart_resize
 from vision_tokenizer.data.transforms import AspectRatioCrop, center_crop, resize_short_side
 
+from illume.model.configuration_illume import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from illume.vocab import PIXEL_PATCH, RATIOS, ImageGrid
 
 __all__ = ["IMAGE_ASPECT_RATIO_MODES", "ImagePreprocessor"]
@@ -37,8 +38,8 @@ class ImagePreprocessor:
     """RGB PIL image → `[1, 3, H, W]` in [-1, 1] for one `image_aspect_ratio` mode."""
 
     mode: str
-    min_pixels: int = 32 * 32
-    max_pixels: int = 768 * 768
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     base_resolution: int = 256
 
     def __post_init__(self) -> None:

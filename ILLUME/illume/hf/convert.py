@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoTokenizer
+from vision_tokenizer.utils.checkpoint import load_weight_folder
+from vision_tokenizer.utils.user_errors import run_cli
 
 from illume.hf.processing_illume import IllumeImageProcessor, IllumeProcessor
 from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
-from illume.model.vision_tower import load_vq_model_config
+from illume.model.modeling_illume import placeholder_id_from_files
 
 __all__ = [
     "OVERRIDE_FILES",
@@ -63,21 +64,40 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _inlined_config(values: Mapping[str, Any], folder: Path, dualvitok_config: Any) -> ILLUMEQwen2Config:
-    """The checkpoint config with `vq_config` replaced by the DualViTok dict it names."""
-    values = copy.deepcopy(dict(values))
+    """The checkpoint config with `vq_config` replaced by the DualViTok dict it names.
+
+    The folder's own `vq_config` is resolved like any loader does (official name, or JSON in the
+    folder; a Python file there is refused); only the caller's `dualvitok_config` may be a .py.
+    """
+    values = _flat_config(copy.deepcopy(dict(values)))
     tower = values.get("mm_vision_tower")
     if not isinstance(tower, dict):
         raise ValueError(f"{folder / 'config.json'}: no mm_vision_tower dict; is this an ILLUME+ checkpoint?")
-    source = dualvitok_config if dualvitok_config is not None else tower.get("vq_config")
-    if source is None:
+    if dualvitok_config is None and tower.get("vq_config") is None:
         raise ValueError(f"{folder / 'config.json'}: mm_vision_tower has no vq_config; pass dualvitok_config")
-    tower["vq_config"] = load_vq_model_config(source, [folder])
     for key in _LOAD_HINTS:
         tower.pop(key, None)
     for key in ("model_type", "auto_map", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
         values.pop(key, None)
     values["architectures"] = [IllumeQwen2ForCausalLM.__name__]
-    return ILLUMEQwen2Config(**values)
+    config = ILLUMEQwen2Config(**values)
+    resolved = config.resolve_dualvitok([folder], explicit=dualvitok_config)
+    config.mm_vision_tower = {**config.mm_vision_tower, "vq_config": resolved.to_vq_model()}
+    if getattr(config, "image_token_id", None) is None:
+        config.image_token_id = placeholder_id_from_files(folder)
+    return config
+
+
+def _flat_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A nested (`text_config` / `vision_config`) "-hf" config flattened to the origin layout."""
+    text = values.pop("text_config", None)
+    vision = values.pop("vision_config", None)
+    if isinstance(text, Mapping):
+        values = {**{k: v for k, v in text.items() if k not in ("model_type", "architectures")}, **values}
+    if isinstance(vision, Mapping) and "mm_vision_tower" not in values:
+        is_tower = "vq_config" in vision or vision.get("type") == "DualVisionTower"
+        values["mm_vision_tower"] = dict(vision) if is_tower else {"type": "DualVisionTower", "vq_config": dict(vision)}
+    return values
 
 
 def _apply_overrides(model: IllumeQwen2ForCausalLM, folder: Path) -> None:
@@ -121,11 +141,7 @@ def export_hf(model: IllumeQwen2ForCausalLM, tokenizer: Any, out_dir: str | os.P
         raise ValueError("export_hf needs mm_vision_tower.vq_config as a dict; load with load_origin_model")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    image_processor = IllumeImageProcessor(
-        image_aspect_ratio=model.config.image_aspect_ratio,
-        min_pixels=tower.get("min_pixels", 32 * 32),
-        max_pixels=tower.get("max_pixels", 768 * 768),
-    )
+    image_processor = IllumeImageProcessor.from_model_config(model.config)
     tokenizer.padding_side = model.config.tokenizer_padding_side
     IllumeProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     return out
@@ -139,16 +155,6 @@ def convert_origin(
     if dtype is not None:
         model = model.to(_DTYPES[dtype])
     return export_hf(model, tokenizer, out_dir)
-
-
-def _remote_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors weights")
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        state.update(load_file(path))
-    return state
 
 
 def _rename_remote_key(key: str) -> str:
@@ -165,7 +171,7 @@ def convert_remote_hf(
     folder = Path(src)
     config = _inlined_config(_read_config(folder), folder, dualvitok_config)
     model = IllumeQwen2ForCausalLM(config)
-    state = {_rename_remote_key(key): value for key, value in _remote_state_dict(folder).items()}
+    state = {_rename_remote_key(key): value for key, value in load_weight_folder(folder).items()}
     expected = model.state_dict()
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -209,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
+    return run_cli(parser.prog, lambda _: _convert(parser, args), [])
+
+
+def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.out.exists():
         if not args.overwrite:
             parser.error(f"{args.out} exists; pass --overwrite to replace it")

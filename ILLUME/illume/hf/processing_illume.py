@@ -1,27 +1,33 @@
-"""Transformers-native processor of the HF-format folder: chat text + images → model inputs.
+"""Transformers-native processor of ILLUME+ folders: chat text + images → model inputs, codes → pixels.
 
-The released "-hf" checkpoints need remote code for this step; here it is a regular
-`ProcessorMixin` registered with `AutoProcessor` when `illume.hf` is imported, so
-`AutoProcessor.from_pretrained(folder)` works without `trust_remote_code`. It adds no logic of
-its own: images go through the MLLM's `ImagePreprocessor` (the official MoVQ image processor) and
-text through `tokenizer_image_token`, so its output is exactly what the training/inference code
-feeds `IllumeQwen2ForCausalLM`: `input_ids` with one -200 per `<image>`, and `images` as a list
-of `[1, 3, H, W]` tensors in [-1, 1].
+`IllumeProcessor` is a regular `ProcessorMixin`, registered with `AutoProcessor` by `illume.hf`,
+that loads from the exported `-hf` folder *and* from an origin-format folder (tokenizer files and
+config.json only: the image settings are derived from `config.json`, the chat template is the
+`qwen2` conversation template). Images go through the MLLM's `ImagePreprocessor` (the official
+MoVQ image processor); each `<image>` of the text becomes its whole image block — the markers of
+the vocabulary's layout and one `<|image_pad|>` per feature — so `input_ids` already have the
+length the model runs at, and `pixel_values` lists one `[1, 3, H, W]` tensor in [-1, 1] per image.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
-from transformers import BatchFeature
+from transformers import AutoTokenizer, BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
+from vision_tokenizer.data.image_io import tensor_to_image
 
 from illume.data.images import ImagePreprocessor
 from illume.data.preprocess import tokenizer_image_token
-from illume.vocab import IMAGE_TOKEN
+from illume.model.configuration_illume import IMAGE_PLACEHOLDER, ILLUMEQwen2Config, VisionTowerConfig
+from illume.model.modeling_illume import image_block_ids
+from illume.vocab import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, ImageGrid, ImageVocabulary
 
 __all__ = ["QWEN2_CHAT_TEMPLATE", "IllumeImageProcessor", "IllumeProcessor"]
 
@@ -36,22 +42,25 @@ QWEN2_CHAT_TEMPLATE = (
     "{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+_CHAT_TEMPLATE_FILE = "chat_template.jinja"
+_IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 class IllumeImageProcessor(BaseImageProcessor):
-    """PIL images → `images`: one `[1, 3, H, W]` tensor in [-1, 1] per image (sizes may differ).
+    """PIL images → `pixel_values`: one `[1, 3, H, W]` tensor in [-1, 1] per image (sizes may differ).
 
     `image_aspect_ratio`, `min_pixels` and `max_pixels` are the vision tower's settings
-    (`config.image_aspect_ratio`, `config.mm_vision_tower`).
+    (`config.image_aspect_ratio`, `config.mm_vision_tower`); `from_pretrained` of a folder without
+    processor files derives them from its config.json.
     """
 
-    model_input_names = ["images"]
+    model_input_names = ["pixel_values"]
 
     def __init__(
         self,
         image_aspect_ratio: str = "anyres_dualvitok",
-        min_pixels: int = 32 * 32,
-        max_pixels: int = 768 * 768,
+        min_pixels: int = VisionTowerConfig.min_pixels,
+        max_pixels: int = VisionTowerConfig.max_pixels,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,6 +68,18 @@ class IllumeImageProcessor(BaseImageProcessor):
         self.min_pixels = int(min_pixels)
         self.max_pixels = int(max_pixels)
         self._preprocessor = ImagePreprocessor(image_aspect_ratio, self.min_pixels, self.max_pixels)
+
+    @classmethod
+    def from_model_config(cls, config: ILLUMEQwen2Config) -> IllumeImageProcessor:
+        tower = config.vision_tower_config or VisionTowerConfig()
+        return cls(config.image_aspect_ratio, tower.min_pixels, tower.max_pixels)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> IllumeImageProcessor:
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir() and not any((folder / name).is_file() for name in _IMAGE_PROCESSOR_FILES):
+            return cls.from_model_config(ILLUMEQwen2Config.from_pretrained(folder))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def to_dict(self) -> dict:
         values = super().to_dict()
@@ -73,7 +94,7 @@ class IllumeImageProcessor(BaseImageProcessor):
             if not isinstance(image, Image.Image):
                 raise TypeError(f"images[{k}] must be a PIL image, got {type(image).__name__}")
             tensors.append(self._preprocessor(image.convert("RGB")))
-        return BatchFeature({"images": tensors})
+        return BatchFeature({"pixel_values": tensors})
 
 
 class IllumeProcessor(ProcessorMixin):
@@ -83,42 +104,70 @@ class IllumeProcessor(ProcessorMixin):
         self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs
     ) -> None:
         super().__init__(image_processor, tokenizer, chat_template=chat_template or QWEN2_CHAT_TEMPLATE)
+        self.vocabulary = ImageVocabulary.from_tokenizer(tokenizer)
+        self.image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> IllumeProcessor:
+        """From an exported `-hf` folder or an origin-format folder (no processor files needed)."""
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side=_padding_side(folder))
+        template = folder / _CHAT_TEMPLATE_FILE
+        chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
+        return cls(IllumeImageProcessor.from_pretrained(folder), tokenizer, chat_template=chat_template)
 
     def __call__(
         self,
         text: str | Sequence[str] | None = None,
         images: Image.Image | Sequence[Image.Image] | None = None,
         return_tensors: str | None = "pt",
+        videos: Any = None,
+        audio: Any = None,
         **kwargs,
     ) -> BatchFeature:
-        """Token ids (left/right padded as the tokenizer says) and the images, in prompt order.
+        """Token ids with every `<image>` expanded to its block, padded once as the tokenizer says.
 
         `images` lists every image of every prompt in order of their `<image>` markers; a count
         mismatch is an error rather than a silent misalignment.
         """
         if text is None:
             raise ValueError("IllumeProcessor needs text (a prompt containing one <image> per image)")
-        if kwargs:
-            raise TypeError(f"unsupported processor arguments: {sorted(kwargs)}")
+        if videos or audio:
+            raise ValueError("ILLUME+ takes text and images only (no videos or audio)")
+        # Options `apply_chat_template` forwards that have nothing to do here.
+        unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in ("padding", "add_special_tokens"))
+        if unknown:
+            raise TypeError(f"unsupported processor arguments: {unknown}")
         prompts = [text] if isinstance(text, str) else list(text)
-        image_list = [] if images is None else ([images] if isinstance(images, Image.Image) else list(images))
+        image_list = [] if images is None else ([images] if isinstance(images, Image.Image) else _flat(images))
         markers = sum(prompt.count(IMAGE_TOKEN) for prompt in prompts)
         if markers != len(image_list):
             raise ValueError(
                 f"the prompts contain {markers} {IMAGE_TOKEN} markers but {len(image_list)} images were given"
             )
-        sequences = [tokenizer_image_token(prompt, self.tokenizer) for prompt in prompts]
-        data = self._pad(sequences)
-        if image_list:
-            data["images"] = self.image_processor(image_list)["images"]
+        pixel_values = self.image_processor(image_list)["pixel_values"] if image_list else []
+        blocks = iter(self._block(pixels) for pixels in pixel_values)
+        sequences = []
+        for prompt in prompts:
+            ids = []
+            for token in tokenizer_image_token(prompt, self.tokenizer):
+                ids.extend(next(blocks) if token == IMAGE_TOKEN_INDEX else [token])
+            sequences.append(ids)
+        data: dict[str, Any] = self._pad(sequences)
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         if return_tensors is None:
-            data = {
-                key: value.tolist() if isinstance(value, torch.Tensor) else value
-                for key, value in data.items()
-            }
+            data = {key: value.tolist() for key, value in data.items()}
+        if pixel_values:
+            data["pixel_values"] = pixel_values
         return BatchFeature(data)
+
+    def _block(self, pixels: torch.Tensor) -> list[int]:
+        grid = ImageGrid.for_resolution(*pixels.shape[-2:])
+        ids, _ = image_block_ids(grid, self.vocabulary.special_tokens_ids, self.image_token_id)
+        return ids.tolist()
 
     def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id
@@ -134,6 +183,19 @@ class IllumeProcessor(ProcessorMixin):
             mask[row, span] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
+    def decode_images(self, token_ids: Any, dualvitok: torch.nn.Module) -> list[Image.Image]:
+        """Pixels of every image block in generated ids (one row or a batch), decoded by `dualvitok`."""
+        ids = torch.as_tensor(token_ids)
+        rows = ids.tolist() if ids.ndim == 2 else [ids.tolist()]
+        images = []
+        with torch.no_grad():
+            for row in rows:
+                for semantic, pixel in self.vocabulary.extract_image_codes(row):
+                    device = dualvitok.device
+                    decoded = dualvitok.decode_code(semantic[None].to(device), pixel[None].to(device))
+                    images.append(tensor_to_image(decoded[0]))
+        return images
+
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
@@ -142,4 +204,20 @@ class IllumeProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "images"]
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+def _flat(images: Sequence[Any]) -> list[Image.Image]:
+    """`apply_chat_template` passes one list of images per conversation."""
+    flat: list[Image.Image] = []
+    for item in images:
+        flat.extend(_flat(item) if isinstance(item, (list, tuple)) else [item])
+    return flat
+
+
+def _padding_side(folder: Path) -> str:
+    """The model's `tokenizer_padding_side` (left for ILLUME+), read from config.json as JSON."""
+    config = folder / "config.json"
+    if config.is_file():
+        return str(json.loads(config.read_text(encoding="utf-8")).get("tokenizer_padding_side", "left"))
+    return "left"

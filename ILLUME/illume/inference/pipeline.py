@@ -51,6 +51,7 @@ from illume.inference.validation import (
     check_sampling,
     supported_resolutions,
 )
+from illume.model.configuration_illume import VisionTowerConfig
 from illume.vocab import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, RATIOS, ImageGrid, ImageVocabulary
 
 __all__ = ["ImageCodes", "ChatReply", "IllumePipeline", "resolve_dtype"]
@@ -155,9 +156,8 @@ class IllumePipeline:
         self.engine = GenerationEngine(
             model, self.vocab, eos_ids=sorted(eos), use_cuda_graphs=use_cuda_graphs
         )
-        tower = getattr(model.config, "mm_vision_tower", None) or {}
-        self.min_pixels = int(tower.get("min_pixels", 32 * 32))
-        self.max_pixels = int(tower.get("max_pixels", 768 * 768))
+        tower = VisionTowerConfig.from_dict(getattr(model.config, "mm_vision_tower", None))
+        self.min_pixels, self.max_pixels = tower.min_pixels, tower.max_pixels
         # `ImageVocabulary` holds every resolution tag, so the sizes are those of the tag table.
         self.resolutions = supported_resolutions()
         self.context = ContextLimits.from_config(model.config)

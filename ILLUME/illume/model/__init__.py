@@ -1,14 +1,20 @@
-"""ILLUME+ model classes; importing this package registers them with the transformers Auto classes."""
+"""ILLUME+ model classes; importing this package registers them with the transformers Auto classes.
 
-from transformers import AutoConfig, AutoModelForCausalLM
+`AutoConfig`, `AutoModel` (the decoder with the vision tower) and `AutoModelForCausalLM` map the
+`illume_qwen2` model type to these classes; `illume.hf` adds the processors and the generation
+class for `AutoModelForImageTextToText` (`illume.register()` does both).
+"""
 
-from illume.model.configuration_illume import ILLUMEQwen2Config
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from illume.model.configuration_illume import ILLUMEQwen2Config, VisionTowerConfig
 from illume.model.modeling_illume import IllumeQwen2ForCausalLM, IllumeQwen2Model, MultimodalInputs
 from illume.model.projector import MixedProjector
 from illume.model.vision_tower import DualVisionTower, TowerOutput
 
 __all__ = [
     "ILLUMEQwen2Config",
+    "VisionTowerConfig",
     "IllumeQwen2Model",
     "IllumeQwen2ForCausalLM",
     "MultimodalInputs",
@@ -18,4 +24,5 @@ __all__ = [
 ]
 
 AutoConfig.register(ILLUMEQwen2Config.model_type, ILLUMEQwen2Config, exist_ok=True)
+AutoModel.register(ILLUMEQwen2Config, IllumeQwen2Model, exist_ok=True)
 AutoModelForCausalLM.register(ILLUMEQwen2Config, IllumeQwen2ForCausalLM, exist_ok=True)

@@ -9,79 +9,35 @@ no quantizers or decoders (the official tower builds and loads a whole DualViTok
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from vision_tokenizer.models.configuration_dualvitok import DualViTokConfig, read_dualvitok_config
 from vision_tokenizer.models.movq import MoVQConfig, MoVQEncoder
 from vision_tokenizer.models.vit import build_vit, vit_config, vit_features
 from vision_tokenizer.models.vit_input import prepare_vit_input
-from vision_tokenizer.utils.config import load_config
 
+from illume.model.configuration_illume import VisionTowerConfig
 from illume.vocab import PIXEL_PATCH, ImageGrid
 
-__all__ = ["REPO_ROOT", "resolve_vq_config_path", "load_vq_model_config", "TowerOutput", "DualVisionTower"]
-
-# The checkout root: official configs name `vq_config` relative to it
-# (`configs/example/dualvitok/dualvitok_anyres_max512.py`), never relative to the CWD.
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-# Official defaults of the tower's image-size limits (stage-3 config: 32² … 768²).
-_DEFAULT_MIN_PIXELS = 32 * 32
-_DEFAULT_MAX_PIXELS = 768 * 768
-
-
-def resolve_vq_config_path(path: str | os.PathLike, search_dirs: Sequence[str | os.PathLike] = ()) -> Path:
-    """An absolute path as is; a relative one looked up in `search_dirs`, then the repository root."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute():
-        if not candidate.is_file():
-            raise FileNotFoundError(f"vq_config file not found: {candidate}")
-        return candidate
-    tried = [Path(d) / candidate for d in search_dirs] + [REPO_ROOT / candidate]
-    for option in tried:
-        if option.is_file():
-            return option
-    raise FileNotFoundError(f"vq_config {str(path)!r} not found; looked at: {', '.join(map(str, tried))}")
+__all__ = ["load_vq_model_config", "TowerOutput", "DualVisionTower"]
 
 
 def load_vq_model_config(
-    vq_config: str | os.PathLike | Mapping[str, Any], search_dirs: Sequence[str | os.PathLike] = ()
+    vq_config: str | os.PathLike | Mapping[str, Any] | DualViTokConfig,
+    search_dirs: Sequence[str | os.PathLike] = (),
+    allow_python: bool = True,
 ) -> dict[str, Any]:
-    """The DualViTok `vq_model` dict (`{type, config, ...}`) from a dict, a .py config or a .json file.
+    """The official DualViTok `vq_model` dict (`{type, config, ...}`) of any config source.
 
-    A .py config contributes its `vq_model`; a .json file is either that dict itself (like the
-    golden `dualvitok_tiny_config.json`) or a full config holding it under `vq_model`.
+    For configs the user names (training configs, `--dualvitok-config`): official names resolve to
+    the configs shipped in `vision_tokenizer`; a .py config runs unless `allow_python=False`.
     """
-    if isinstance(vq_config, Mapping):
-        spec = dict(vq_config)
-        source = "vq_config dict"
-    else:
-        path = resolve_vq_config_path(vq_config, search_dirs)
-        source = str(path)
-        if path.suffix == ".py":
-            cfg = load_config(path)
-            if "vq_model" not in cfg:
-                raise KeyError(f"{path}: no 'vq_model' entry")
-            spec = cfg.vq_model.to_dict()
-        elif path.suffix == ".json":
-            spec = json.loads(path.read_text())
-        else:
-            raise ValueError(f"vq_config must be a .py or .json file, got {path}")
-    spec = dict(spec.get("vq_model", spec))
-    if spec.get("type") != "DualViTok" or not isinstance(spec.get("config"), Mapping):
-        raise ValueError(
-            f"{source}: expected a DualViTok vq_model ({{'type': 'DualViTok', 'config': {{...}}}})"
-        )
-    for key in ("semantic_encoder", "pixel_encoder"):
-        if key not in spec["config"]:
-            raise KeyError(f"{source}: vq_model.config has no {key!r}")
-    return spec
+    return read_dualvitok_config(vq_config, search_dirs=tuple(search_dirs), allow_python=allow_python).to_vq_model()
 
 
 @dataclass
@@ -94,28 +50,23 @@ class TowerOutput:
 
 
 class DualVisionTower(nn.Module):
-    """Semantic ViT (+merger) and MoVQ pixel encoder of a DualViTok, built from the tower config.
+    """Semantic ViT (+merger) and MoVQ pixel encoder of a DualViTok, built from configs (no files).
 
-    `tower_config` is the official `mm_vision_tower` dict; only `vq_config`, `min_pixels` and
-    `max_pixels` shape the tower (`vq_ckpt`, `use_ema`, ... are training-time loading hints and
-    are ignored here on purpose: the MLLM checkpoint carries the tower weights).
+    Only the DualViTok architecture and `min_pixels` / `max_pixels` shape the tower (`vq_ckpt`,
+    `use_ema`, ... are training-time loading hints and are ignored here on purpose: the MLLM
+    checkpoint carries the tower weights).
     """
 
-    def __init__(
-        self, tower_config: Mapping[str, Any], search_dirs: Sequence[str | os.PathLike] = ()
-    ) -> None:
+    def __init__(self, tower: VisionTowerConfig | Mapping[str, Any], dualvitok: DualViTokConfig) -> None:
         super().__init__()
-        if "vq_config" not in tower_config:
-            raise KeyError("mm_vision_tower has no 'vq_config' (the DualViTok architecture config)")
-        vq = load_vq_model_config(tower_config["vq_config"], search_dirs)
-        semantic = vq["config"]["semantic_encoder"]
-        # A saved JSON spells out the ViT hyper-parameters; a .py config names a built-in ViT.
-        vit_spec = vq.get("_semantic_encoder_vit_config") or semantic["semantic_encoder"]
+        tower = tower if isinstance(tower, VisionTowerConfig) else VisionTowerConfig.from_dict(tower)
+        semantic = dualvitok.semantic_encoder
+        vit_spec = dualvitok.semantic_vit_config or semantic["semantic_encoder"]
         vit_cfg = vit_config(vit_spec, semantic.get("attn_implementation", "sdpa"))
         self.semantic_encoder = build_vit(vit_cfg)
-        self.pixel_encoder = MoVQEncoder(MoVQConfig.from_dict(vq["config"]["pixel_encoder"]))
-        self.min_pixels = int(tower_config.get("min_pixels", _DEFAULT_MIN_PIXELS))
-        self.max_pixels = int(tower_config.get("max_pixels", _DEFAULT_MAX_PIXELS))
+        self.pixel_encoder = MoVQEncoder(MoVQConfig.from_dict(dualvitok.pixel_encoder))
+        self.min_pixels = tower.min_pixels
+        self.max_pixels = tower.max_pixels
         self.merge_size = vit_cfg.spatial_merge_size
 
     @property

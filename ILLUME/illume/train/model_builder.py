@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from vision_tokenizer.models.configuration_dualvitok import official_config_name
 from vision_tokenizer.utils.checkpoint import load_into, load_state_dict_file
 
 from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
+from illume.model.configuration_illume import VQ_CONFIG_FILE
 from illume.model.vision_tower import load_vq_model_config
 from illume.vocab import ImageVocabulary
 
@@ -40,15 +42,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The DualViTok architecture is saved beside every checkpoint's config.json under this name, so a
-# trained folder loads anywhere without the original config file.
-VQ_CONFIG_FILE = "dualvitok_config.json"
-
 # Parameter-name fragments of the modules that get their own learning rate / trainability.
 MODULE_PREFIXES = {"vision_tower": "model.vision_tower.", "mm_projector": "model.mm_projector."}
 _EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
-# Keys of the official dicts that steer training, not the architecture (not saved in config.json).
-_TRAINING_ONLY_KEYS = ("trainable", "vq_ckpt", "use_ema", "from_pretrained")
+# Keys of the official dicts that steer this run, not the checkpoint (not saved in config.json).
+_TRAINING_ONLY_KEYS = ("trainable", "from_pretrained")
+# What the released config.json records for the tower's loading hints (SPEC-mllm C1).
+_TOWER_DEFAULTS = {"vq_ckpt": None, "use_ema": False}
 
 
 @dataclass
@@ -70,11 +70,12 @@ def _illume_config(
     values = base.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "auto_map"):
         values.pop(key, None)
-    tower = _architecture(model_args["mm_vision_tower"])
+    tower = {**_TOWER_DEFAULTS, **_architecture(model_args["mm_vision_tower"])}
     tower["unfreeze_mm_vision_tower"] = bool(model_args["mm_vision_tower"].get("trainable", False))
+    projector = _architecture(model_args.get("mm_projector", {"type": "MixedProjector"}))
     values.update(
         mm_vision_tower={**tower, "vq_config": vq_spec},
-        mm_projector=_architecture(model_args.get("mm_projector", {"type": "MixedProjector"})),
+        mm_projector=projector,
         mm_hidden_size=None,
         use_mm_proj=True,
         mm_patch_merge_type=model_args.get("mm_patch_merge_type", "flat"),
@@ -86,6 +87,17 @@ def _illume_config(
         architectures=[IllumeQwen2ForCausalLM.__name__],
     )
     return ILLUMEQwen2Config(**values)
+
+
+def _released_fields(model: IllumeQwen2ForCausalLM, vq_config_name: str) -> None:
+    """Fill the config.json fields the released file spells out (names and value types, SPEC-mllm C1)."""
+    config = model.config
+    hidden = list(model.get_model().vision_tower.hidden_size)
+    config.mm_hidden_size = hidden
+    config.mm_projector = {**config.mm_projector, "hidden_size": config.hidden_size, "mm_hidden_size": hidden}
+    # The architecture itself: an official name, or the JSON saved beside config.json; the tower's
+    # weights are in the checkpoint, so no tokenizer checkpoint path of this machine is recorded.
+    config.mm_vision_tower = {**config.mm_vision_tower, "vq_config": vq_config_name, "vq_ckpt": None}
 
 
 def _load_tower_checkpoint(model: IllumeQwen2ForCausalLM, path: str, use_ema: bool) -> None:
@@ -134,7 +146,9 @@ def build_model_and_tokenizer(
         raise ValueError(f"{path}: tokenizer has no pad token")
     vocab = ImageVocabulary.from_tokenizer(tokenizer)
     tower_args = model_args["mm_vision_tower"]
-    vq_spec = load_vq_model_config(tower_args["vq_config"])
+    source = tower_args["vq_config"]
+    official = isinstance(source, str) and official_config_name(source) is not None
+    vq_spec = load_vq_model_config(source if official or isinstance(source, Mapping) else resolve(source))
     config = _illume_config(AutoConfig.from_pretrained(path), model_args, vocab, vq_spec, model_max_length)
     config._attn_implementation = llm.get("attn_implementation", "sdpa")
     if llm.get("from_pretrained", True):
@@ -161,8 +175,9 @@ def build_model_and_tokenizer(
             "vision tower starts from random weights: %s has none and mm_vision_tower.vq_ckpt is not set",
             path,
         )
-    # What config.json records: the architecture saved beside it, never a path of this machine.
-    model.config.mm_vision_tower = {**model.config.mm_vision_tower, "vq_config": VQ_CONFIG_FILE}
+    # What config.json records: an official name, or the architecture saved beside it — never a
+    # path of this machine.
+    _released_fields(model, source if official else VQ_CONFIG_FILE)
     model.config.use_cache = False
     apply_trainability(model, model_args, vocab)
     return BuiltModel(model, tokenizer, vocab, vq_spec)

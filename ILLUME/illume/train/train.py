@@ -28,6 +28,7 @@ from illume.data.builder import build_training_dataset
 from illume.data.collator import SupervisedCollator
 from illume.data.conversation import get_template
 from illume.data.errors import RecordErrorPolicy
+from illume.model.configuration_illume import VisionTowerConfig
 from illume.train.arguments import build_training_arguments
 from illume.train.checkpoints import resume_checkpoint, rewind_metrics
 from illume.train.model_builder import build_model_and_tokenizer
@@ -108,8 +109,8 @@ def run(cfg: Any) -> ILLUMETrainer:
         data_args,
         built.tokenizer,
         get_template(model_args.get("version", "qwen2")),
-        min_pixels=int(tower.get("min_pixels", 32 * 32)),
-        max_pixels=int(tower.get("max_pixels", 768 * 768)),
+        min_pixels=VisionTowerConfig.from_dict(tower).min_pixels,
+        max_pixels=VisionTowerConfig.from_dict(tower).max_pixels,
         model_max_length=args.model_max_length,
         base_dir=REPO_ROOT,
         error_policy=RecordErrorPolicy(data_args.get("record_error_policy", "raise"), resolve_path(report)),

@@ -23,8 +23,12 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from ..utils.user_errors import UserError
+
 __all__ = [
     "DualViTokConfig",
+    "DualViTokConfigError",
+    "DualViTokConfigNotFound",
     "MODEL_TYPE",
     "OFFICIAL_CONFIGS",
     "official_config_name",
@@ -99,6 +103,14 @@ OFFICIAL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 # Where the official repository keeps them; a checkpoint names them by this path.
 _OFFICIAL_DIR = ("configs", "example", "dualvitok")
+
+
+class DualViTokConfigError(UserError, ValueError):
+    """A DualViTok config that cannot be used (one line: which source, and what is allowed)."""
+
+
+class DualViTokConfigNotFound(UserError, FileNotFoundError):
+    """A named DualViTok config file that is nowhere it was looked for (the message lists where)."""
 
 
 @strict
@@ -255,7 +267,7 @@ def read_dualvitok_config(
     tried = [candidate] if candidate.is_absolute() else [Path(d) / candidate for d in search_dirs] + [candidate]
     path = next((p for p in tried if p.exists()), None)
     if path is None:
-        raise FileNotFoundError(
+        raise DualViTokConfigNotFound(
             f"DualViTok config {os.fspath(source)!r} not found; looked at: {', '.join(map(str, tried))} "
             f"(official names: {', '.join(sorted(OFFICIAL_CONFIGS))})"
         )
@@ -265,7 +277,7 @@ def read_dualvitok_config(
         return _from_mapping(_read_json(path), str(path))
     if path.suffix == ".py":
         if not allow_python:
-            raise ValueError(
+            raise DualViTokConfigError(
                 f"refusing to execute the Python config {path}: configs named by a model folder are "
                 "read as JSON only; pass a Python config explicitly (dualvitok_config= / --dualvitok-config) "
                 "if you trust it"

@@ -28,6 +28,7 @@ __all__ = [
     "load_state_dict_file",
     "unwrap_state_dict",
     "load_into",
+    "load_weight_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,23 @@ def load_state_dict_file(path: str | os.PathLike, use_ema: bool = False) -> dict
     elif not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     return unwrap_state_dict(_load_single(path), use_ema=use_ema, source=str(path))
+
+
+def load_weight_folder(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All weights of a transformers-style folder: a shard index (safetensors or `.bin`), else every
+    `*.safetensors`, else every `*.bin` file, merged (pickles with `weights_only=True`)."""
+    folder = Path(folder)
+    for name in _SHARD_INDEX_NAMES:
+        if (folder / name).is_file():
+            return _load_sharded(folder / name)
+    for pattern in ("*.safetensors", "*.bin"):
+        files = sorted(folder.glob(pattern))
+        if files:
+            state: dict[str, torch.Tensor] = {}
+            for path in files:
+                state.update(unwrap_state_dict(_load_single(path), source=str(path)))
+            return state
+    raise CheckpointError(f"no weights in {folder} (looked for {', '.join(_SHARD_INDEX_NAMES)}, *.safetensors, *.bin)")
 
 
 def _listing(title: str, keys: list[str]) -> str:
