@@ -22,13 +22,13 @@ extras = {
         "nbformat>=5.10",
         "ipykernel>=6",
     ],
-    "train": ["tensorboard>=2.14", "accelerate>=1.0", "scikit-image>=0.22"],
+    "train": ["tensorboard>=2.14", "accelerate>=1.0", "scikit-image>=0.22", "peft>=0.18"],
     "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22", "pyarrow>=14"],
     "decoder": ["diffusers>=0.31"],
     "demo": ["gradio>=6"],
     "quickstart": ["matplotlib>=3.7", "scikit-image>=0.22"],
     "npu": ["torch_npu"],
-    "flash": ["flash-attn>=2.6"],
+    "flash": ["flash-attn>=2.6", "liger-kernel>=0.6"],  # liger: fused LM-head cross-entropy (Triton, CUDA)
     "deepspeed": ["deepspeed>=0.15"],
     # What lmms-eval's command line imports; lmms-eval itself is installed with --no-deps by
     # scripts/install.sh, since its declared requirements replace a CPU torch with a CUDA one.

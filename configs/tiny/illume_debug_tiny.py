@@ -65,6 +65,7 @@ data_args = dict(
 training_args = dict(
     output_dir='logdir/illume_debug_tiny',
     num_train_epochs=8,
+    max_steps=-1,  # > 0 overrides num_train_epochs
     per_device_train_batch_size=1,
     gradient_accumulation_steps=1,
     learning_rate=2e-3,
@@ -89,4 +90,14 @@ training_args = dict(
     group_by_modality_length=False,
     use_cpu=True,
     deepspeed=None,  # e.g. 'ILLUME/scripts/zero2.json'
+    # Throughput switches (illume.train.objective): loss without full-vocabulary logits, packing.
+    cross_entropy_backend='auto',  # 'auto' | 'chunked' | 'liger' | 'plain'
+    cross_entropy_chunk_size=1024,
+    packing=False,  # True: each micro-batch's samples in one row, positions restarting per sample
+    # LoRA through peft (illume.train.lora); the other stage flags pick what trains in full.
+    lora_enable=False,
+    lora_r=64,
+    lora_alpha=16,
+    lora_dropout=0.05,
+    lora_bias='none',
 )

@@ -131,8 +131,10 @@ def test_vision_embedding_flag_trains_only_the_new_rows(tiny_llm: Path, tmp_path
 
 
 def test_unsupported_training_switches_are_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="LoRA"):
-        build_training_arguments({"output_dir": str(tmp_path), "lora_enable": True}, resolve_path)
+    lora = build_training_arguments({"output_dir": str(tmp_path), "lora_enable": True, "lora_r": 8}, resolve_path)
+    assert lora.lora_enable and lora.lora_r == 8 and lora.lora_bias == "none"  # LoRA: tests/illume/test_train_lora.py
+    with pytest.raises(ValueError, match="bits"):
+        build_training_arguments({"output_dir": str(tmp_path), "bits": 4}, resolve_path)
     with pytest.raises(ValueError, match="output_dir"):
         build_training_arguments({"learning_rate": 1e-3}, resolve_path)
     args = build_training_arguments(

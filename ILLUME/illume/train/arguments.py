@@ -2,7 +2,8 @@
 
 Keys that are `TrainingArguments` fields build it; the official extras (`model_max_length`,
 `mm_projector_lr`, `mm_vision_tower_lr`, `vision_token_lr`, `group_by_modality_length`, the
-LoRA/quantisation switches, ...) are attached as attributes. A few keys renamed in transformers 5
+LoRA switches (see `illume.train.lora`), ...) are attached as attributes; quantised (`bits` < 16)
+training is refused. A few keys renamed in transformers 5
 are translated; unknown keys are reported, never silently dropped.
 """
 
@@ -73,8 +74,11 @@ def build_training_arguments(
     unknown = sorted(set(values) - fields)
     if unknown:
         logger.warning("training_args keys not used by this trainer: %s", unknown)
-    if extras["lora_enable"]:
-        raise ValueError("training_args.lora_enable: LoRA training is not supported; set it to False")
+    if extras["lora_weight_path"]:
+        raise ValueError(
+            "training_args.lora_weight_path: not supported; start the run from a merged checkpoint "
+            "(python -m illume.train.lora merge BASE ADAPTER OUT)"
+        )
     if extras["bits"] != 16:
         raise ValueError(
             f"training_args.bits={extras['bits']}: only 16-bit (bf16/fp16/fp32) training is supported"

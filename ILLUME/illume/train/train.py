@@ -31,6 +31,7 @@ from illume.data.errors import RecordErrorPolicy
 from illume.model.configuration_illume import VisionTowerConfig
 from illume.train.arguments import build_training_arguments
 from illume.train.checkpoints import resume_checkpoint, rewind_metrics
+from illume.train.lora import apply_lora
 from illume.train.model_builder import build_model_and_tokenizer
 from illume.train.trainer import ILLUMETrainer
 
@@ -99,6 +100,10 @@ def run(cfg: Any) -> ILLUMETrainer:
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     set_seed(args.seed)
     built = build_model_and_tokenizer(model_args, args.model_max_length, resolve=resolve_path)
+    model = built.model
+    if args.lora_enable:
+        vision_rows_only = model_args.get("unfreeze_vision_embedding") and not model_args.get("unfreeze_text_embedding")
+        model = apply_lora(model, args, built.vocabulary.text_token_num if vision_rows_only else None)
     if args.ddp_find_unused_parameters is None:
         # Every trainable parameter is in each step's graph, image-less steps included
         # (IllumeQwen2Model.idle_vision_term).
@@ -117,7 +122,7 @@ def run(cfg: Any) -> ILLUMETrainer:
         seed=args.seed,
     )
     trainer = ILLUMETrainer(
-        model=built.model,
+        model=model,
         args=args,
         train_dataset=dataset,
         data_collator=SupervisedCollator(built.tokenizer.pad_token_id, dummy_image_size=None),
