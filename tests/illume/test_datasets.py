@@ -202,11 +202,14 @@ def _make_dataset(
     raw_lines: list[str] | None = None,
     codes=False,
     mode="anyres_dualvitok",
+    raw_bytes: bytes | None = None,
 ):
     folder = tmp_path / "data"
     (folder / "jsonl").mkdir(parents=True, exist_ok=True)
     lines = raw_lines if raw_lines is not None else [json.dumps(r) for r in records]
-    (folder / "jsonl" / "0000.jsonl").write_text("\n".join(lines) + "\n")
+    if raw_bytes is None:
+        raw_bytes = ("\n".join(lines) + "\n").encode()
+    (folder / "jsonl" / "0000.jsonl").write_bytes(raw_bytes)
     for seed, (name, (h, w)) in enumerate(IMAGE_FILES.items()):
         _write_image(folder / "images" / name, h, w, seed=seed)
     meta = {
@@ -404,3 +407,47 @@ def test_too_long_sample_is_reported(tiny_tokenizer, tmp_path: Path) -> None:
     record = {"conversations": _turns("word " * 3000, "ok")}
     with pytest.raises(MalformedRecord, match="model_max_length is 4096"):
         _make_dataset(tmp_path, [record], tiny_tokenizer)[0]
+
+
+# ---------------------------------------------------------------------------------------------- one jsonl reader
+def test_bom_bad_utf8_and_a_string_image_go_through_the_shared_reader(tiny_tokenizer, tmp_path: Path) -> None:
+    single = {**GOOD, "images": "a.png"}  # one file name as a string, as codebook inference accepts
+    raw = (
+        b"\xef\xbb\xbf"
+        + json.dumps(GOOD).encode()
+        + b'\n{"caption": "caf\xe9"}\n'
+        + json.dumps(single).encode()
+    )
+    with pytest.raises(MalformedRecord, match=r"0000\.jsonl:2: not valid UTF-8"):
+        _make_dataset(tmp_path, [], tiny_tokenizer, raw_bytes=raw)
+    report = tmp_path / "report.jsonl"
+    policy = RecordErrorPolicy("skip", report)
+    dataset = _make_dataset(tmp_path, [], tiny_tokenizer, policy=policy, raw_bytes=raw)
+    assert len(dataset) == 2 and policy.skipped == 1
+    (entry,) = [json.loads(x) for x in report.read_text().splitlines()]
+    assert entry["location"].endswith("0000.jsonl:2") and "UTF-8" in entry["reason"]
+    first, second = dataset[0], dataset[1]
+    assert torch.equal(first["input_ids"], second["input_ids"]) and len(second["images"]) == 1
+
+
+def test_a_skipped_record_is_never_replaced_by_another(tiny_tokenizer, tmp_path: Path) -> None:
+    """6 records: one unreadable up front, one whose pixels end early (found only when loaded)."""
+    records = [
+        {"images": [name], "conversations": _turns("<image>\nWhat?", f"Answer {k}.")}
+        for k, name in enumerate(["a.png", "b.png", "c.png", "a.png", "bad_header.png", "short.png"])
+    ]
+    policy = RecordErrorPolicy("skip", tmp_path / "report.jsonl")
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    (images / "bad_header.png").write_bytes(b"not an image")
+    _write_image(images / "short.png", 96, 96, seed=7)
+    data = (images / "short.png").read_bytes()
+    (images / "short.png").write_bytes(data[: len(data) // 2] + data[-12:])  # header + IEND, half the pixels
+    dataset = _make_dataset(tmp_path, records, tiny_tokenizer, policy=policy)
+    assert len(dataset) == 5 and policy.skipped == 1  # the unreadable header is known before training
+    items = [dataset[i] for i in range(len(dataset))]
+    real = [item for item in items if item["dataset_name"] == "d"]
+    answers = {tiny_tokenizer.decode(item["labels"][item["labels"] != -100])[6:9] for item in real}
+    assert answers == {" 0.", " 1.", " 2.", " 3."}  # each good record exactly once
+    (void,) = [item for item in items if item["dataset_name"] != "d"]
+    assert (void["labels"] == -100).all() and void["images"] == [] and policy.skipped == 2

@@ -18,6 +18,7 @@ from tests.conftest import REPO_ROOT, golden_dir
 GOLDEN_CONFIG = golden_dir() / "dualvitok_tiny_config.json"
 GOLDEN_WEIGHTS = golden_dir() / "dualvitok_tiny_state_dict.safetensors"
 GEN = "Generate an image of {resolution_tag}, the content of image is a red square.\n"
+TURNS = [{"from": "human", "value": GEN}, {"from": "gpt", "value": "<image>"}]
 
 
 def _save(path: Path, height: int, width: int, seed: int) -> None:
@@ -38,17 +39,20 @@ def dataset(tmp_path: Path) -> Path:
     _save(data / "images" / "wide.png", 300, 900, 2)  # long/short 3 > 1.25: crop too large at fixed 256
     (data / "images" / "broken.png").write_bytes(b"not a png")
     turn = [{"from": "human", "value": GEN}, {"from": "gpt", "value": "<image>"}]
+    edit = [{"from": "human", "value": "<image>\nMake it blue."}, {"from": "gpt", "value": "<image>"}]
     lines = [
         json.dumps({"images": ["square.png"], "conversations": turn}),
         "{this is not json",
-        json.dumps({"images": ["tall.png", "square.png"], "conversations": turn}),
+        json.dumps({"images": ["tall.png", "square.png"], "conversations": edit}),
         "",
         json.dumps({"images": ["broken.png"], "conversations": turn}),
         json.dumps({"images": ["wide.png"], "conversations": turn}),
         json.dumps({"conversations": turn}),
         json.dumps({"images": "tall.png", "conversations": turn}),
+        json.dumps({"images": ["square.png"], "conversations": turn[::-1]}),  # training would reject it
     ]
-    (data / "ann" / "part0.jsonl").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines).encode() + b'\n{"images": ["caf\xe9.png"]}\n'  # line 10: Latin-1, not UTF-8
+    (data / "ann" / "part0.jsonl").write_bytes(b"\xef\xbb\xbf" + text)  # a byte-order mark is fine
     (data / "ann" / "sub" / "list.json").write_text(
         json.dumps([{"images": ["square.png"], "conversations": turn}])
     )
@@ -97,7 +101,7 @@ def _lines(path: Path) -> list[dict]:
 def test_outputs_schema_skips_and_statistics(dataset):
     summary = main(_args(dataset, "--batch_size", "3"))
     out = dataset.parent / "gen" / "jsonl_after_tokenizer" / "dualvitok"
-    assert summary == {"gen": {"tokenized": 4, "skipped": 4}}
+    assert summary == {"gen": {"tokenized": 4, "skipped": 6}}
     records = _lines(out / "fixed_256" / "part0.jsonl")
     golden = _lines(golden_dir() / "codebook_inference_examples_editing.jsonl")[0]
     assert [list(r) for r in records] == [
@@ -105,7 +109,7 @@ def test_outputs_schema_skips_and_statistics(dataset):
     ] * 3
     assert list(golden) == list(records[1])
     assert (
-        records[1]["images"] == ["tall.png", "square.png"] and records[1]["conversations"][0]["value"] == GEN
+        records[0]["conversations"][0]["value"] == GEN and records[1]["images"] == ["tall.png", "square.png"]
     )
     assert records[1]["image_sizes"] == golden["image_sizes"] == [[721, 720], [493, 493]]
     assert records[1]["matched_ratios"] == golden["matched_ratios"] == [[256, 256], [256, 256]]
@@ -118,12 +122,14 @@ def test_outputs_schema_skips_and_statistics(dataset):
 
     skipped = _lines(out / "fixed_256_skipped.jsonl")
     by_line = {entry["line"]: entry for entry in skipped}
-    assert sorted(by_line) == [2, 5, 6, 7]
+    assert sorted(by_line) == [2, 5, 6, 7, 9, 10]
     assert all(entry["file"].endswith("part0.jsonl") for entry in skipped)
-    assert "invalid JSON" in by_line[2]["reason"]
+    assert "not valid JSON" in by_line[2]["reason"]
+    assert "alternate starting with human" in by_line[9]["reason"]
+    assert "not valid UTF-8" in by_line[10]["reason"]
     assert "unreadable image" in by_line[5]["reason"] and by_line[5]["image"].endswith("broken.png")
     assert "crop_percent_thresh" in by_line[6]["reason"]
-    assert "no 'images'" in by_line[7]["reason"]
+    assert "1 <image> marker(s) but 0 image(s)" in by_line[7]["reason"]
     stats = json.loads(
         (dataset.parent / "gen" / "jsonl_after_tokenizer" / "fixed_256_data_statistic.json").read_text()
     )
@@ -138,7 +144,7 @@ def _single_dataset(tmp_path: Path, sizes: list[tuple[int, int]]) -> tuple[Path,
     rows = []
     for k, (height, width) in enumerate(sizes):
         _save(data / "images" / f"{k}.png", height, width, k)
-        rows.append({"images": [f"{k}.png"], "conversations": []})
+        rows.append({"images": [f"{k}.png"], "conversations": TURNS})
     (data / "ann" / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta = tmp_path / "meta.json"
     meta.write_text(
@@ -189,7 +195,7 @@ def test_fixed_anchors_grid_shapes(tmp_path):
 
 def test_resume_keeps_finished_work(tmp_path):
     meta, out = _single_dataset(tmp_path, [(300, 280), (256, 300), (280, 300)])
-    (meta.parent / "d" / "ann" / "y.jsonl").write_text(json.dumps({"images": ["0.png"]}) + "\n")
+    (meta.parent / "d" / "ann" / "y.jsonl").write_text(json.dumps({"images": ["0.png"], "conversations": TURNS}) + "\n")
     work = out / "dualvitok" / "fixed_256_work" / "x.jsonl.rank0of1.jsonl"
     work.parent.mkdir(parents=True)
     marker = {
@@ -220,7 +226,7 @@ def test_resume_keeps_finished_work(tmp_path):
 def test_two_ranks_match_one(tmp_path):
     meta, out = _single_dataset(tmp_path, [(300, 280), (256, 300), (500, 480)])
     with open(meta.parent / "d" / "ann" / "x.jsonl", "a") as handle:
-        handle.write("{broken\n" + json.dumps({"images": ["missing.png"]}) + "\n")
+        handle.write("{broken\n" + json.dumps({"images": ["missing.png"], "conversations": TURNS}) + "\n")
     main(_args(meta))
     expected = {p.relative_to(out): p.read_text() for p in out.rglob("*.jsonl")}
     assert len(_lines(out / "dualvitok" / "fixed_256_skipped.jsonl")) == 2

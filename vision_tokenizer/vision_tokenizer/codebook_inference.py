@@ -40,11 +40,13 @@ import torch
 
 from vision_tokenizer.data.image_io import ImageLoadError, load_image
 from vision_tokenizer.data.meta_config import DatasetMeta, load_meta_data_config
+from vision_tokenizer.data.records import check_record, record_images
 from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_transform
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.runtime.atomic import atomic_write_jsonl, atomic_write_text
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
 from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
+from vision_tokenizer.runtime.jsonl import RecordError, decode, iter_raw
 from vision_tokenizer.utils.config import load_config
 
 __all__ = ["main", "build_parser", "read_annotation_records", "AnnotationRecord"]
@@ -80,46 +82,27 @@ class _Prepared:
 
 
 def read_annotation_records(path: Path) -> list[AnnotationRecord]:
-    """Every record of a .jsonl (one per non-empty line) or .json (a list) file, broken ones included."""
-    name = str(path)
-    if path.suffix == ".jsonl":
-        records = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as error:
-                    records.append(
-                        AnnotationRecord(
-                            name, number, error=f"invalid JSON ({error.msg} at column {error.colno})"
-                        )
-                    )
-                    continue
-                records.append(_checked(AnnotationRecord(name, number), value))
-        return records
+    """Every record of a .jsonl (one per non-empty line) or .json (a list) file, broken ones included.
+
+    Read with the project's jsonl reader and checked with the training rules
+    (`vision_tokenizer.data.records.check_record`), so nothing training would reject is encoded.
+    """
+    records = []
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        return [AnnotationRecord(name, error.lineno, error=f"invalid JSON file ({error.msg})")]
-    if not isinstance(items, list):
-        return [AnnotationRecord(name, 1, error="a .json annotation file must hold a list of records")]
-    return [_checked(AnnotationRecord(name, index, is_item=True), item) for index, item in enumerate(items)]
-
-
-def _checked(entry: AnnotationRecord, value: Any) -> AnnotationRecord:
-    if not isinstance(value, dict):
-        entry.error = f"a record must be a JSON object, got {type(value).__name__}"
-    elif not value.get("images"):
-        entry.error = "record has no 'images'"
-    elif not isinstance(value["images"], (str, list)) or (
-        isinstance(value["images"], list) and not all(isinstance(i, str) for i in value["images"])
-    ):
-        entry.error = "'images' must be a path or a list of paths"
-    else:
-        entry.record = value
-    return entry
+        for location, raw in iter_raw(path):
+            entry = AnnotationRecord(location.path, location.line, is_item=location.is_item)
+            try:
+                value = decode(raw, location)
+                if not check_record(value)[0]:
+                    raise ValueError("record has no 'images'")
+            except (RecordError, ValueError) as error:
+                entry.error = error.reason if isinstance(error, RecordError) else str(error)
+            else:
+                entry.record = value
+            records.append(entry)
+    except RecordError as error:  # a .json file that is not a readable list
+        records.append(AnnotationRecord(str(path), int(error.location.rsplit(":", 1)[-1]), error=error.reason))
+    return records
 
 
 def _load_meta(path: str) -> dict[str, DatasetMeta]:
@@ -163,8 +146,7 @@ class CodebookInference:
         """Load and crop a record's images, or return the skip report for it."""
         if entry.error:
             return {**entry.location(), "reason": entry.error}
-        names = entry.record["images"]
-        names = [names] if isinstance(names, str) else names
+        names = record_images(entry.record)
         prepared = _Prepared(entry)
         for name in names:
             path = image_dir / name
@@ -307,9 +289,10 @@ class CodebookInference:
         atomic_write_text(stats_path, json.dumps(dict(sorted(statistics.items())), indent=2))
         atomic_write_jsonl(out_root.parent / f"{self.version}_skipped.jsonl", skipped)
         logger.info(
-            "dataset %s: %d records tokenized, %d skipped (see %s)",
+            "dataset %s: %d records read, %d tokenized, %d skipped (see %s)",
             name,
             sum(statistics.values()),
+            sum(statistics.values()) + len(skipped),
             len(skipped),
             out_root.parent / f"{self.version}_skipped.jsonl",
         )

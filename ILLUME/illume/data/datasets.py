@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from vision_tokenizer.data.image_io import ImageLoadError, load_image
+from vision_tokenizer.data.records import record_images
 
 from illume.data.conversation import USER, ChatTemplate
 from illume.data.errors import MalformedRecord, RecordErrorPolicy, RecordLocation
@@ -34,6 +35,7 @@ from illume.data.images import ImagePreprocessor
 from illume.data.preprocess import conversation_messages, tokenize_conversation
 from illume.data.records import RecordSource
 from illume.vocab import (
+    IGNORE_INDEX,
     IMAGE_TOKEN,
     RESOLUTION_TAG_SIZES,
     ImageGrid,
@@ -151,21 +153,48 @@ class DefaultDataset(Dataset):
         self.indices = list(range(len(source)))
         if validate:
             self.indices = [i for i in self.indices if self._is_valid(i)]
+            logger.info(
+                "dataset %s: %d records read, %d used, %d skipped",
+                name,
+                len(source),
+                len(self.indices),
+                len(source) - len(self.indices),
+            )
         if not self.indices:
             raise ValueError(f"dataset {name!r} has no usable records")
 
     # ------------------------------------------------------------------ record → conversation
     def _is_valid(self, index: int) -> bool:
+        """Everything about a record that can be checked without decoding pixels, before training:
+        a record rejected here is never drawn, so skipping it changes nothing else."""
+        location = self.source.locations[index]
         try:
-            location, record = self.source[index]
+            _, record = self.source[index]
             prepared = self.prepare(record, location, unconditional=False)
+            image_positions = 0
             for path in prepared.input_images:
                 if not path.is_file():
                     raise MalformedRecord(location, f"image file not found: {path}")
+                try:
+                    image_positions += self.image_preprocessor.num_positions(path) - 1
+                except (OSError, ValueError) as err:  # PIL cannot even read the header
+                    raise MalformedRecord(location, f"unreadable image {path}: {err}") from None
+            try:
+                example = tokenize_conversation(prepared.messages, self.tokenizer, self.template)
+            except ValueError as err:
+                raise MalformedRecord(location, str(err)) from None
+            self._check_length(location, len(example.input_ids) + image_positions)
         except MalformedRecord as err:
             self.error_policy.handle(err, self.name)
             return False
         return True
+
+    def _check_length(self, location: RecordLocation, positions: int) -> None:
+        if positions > self.model_max_length:
+            raise MalformedRecord(
+                location,
+                f"sample needs {positions} positions with its images; model_max_length is {self.model_max_length}",
+            )
 
     def unconditional(self, record: dict[str, Any], location: RecordLocation) -> dict[str, Any]:
         """The record's classifier-free-guidance variant; plain conversations have none."""
@@ -177,9 +206,11 @@ class DefaultDataset(Dataset):
         """Validate a record and resolve its `<image>` markers (no file is opened)."""
         if "conversations" not in record:
             raise MalformedRecord(location, "record lacks 'conversations'")
-        images = record.get("images", [])
-        if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-            raise MalformedRecord(location, "'images' must be a list of file names")
+        try:
+            images = record_images(record)  # one file name given as a string counts as a list of one
+        except ValueError as err:
+            raise MalformedRecord(location, str(err)) from None
+        record = {**record, "images": images}
         if unconditional:
             record = self.unconditional(record, location)
             images = record["images"]
@@ -252,13 +283,24 @@ class DefaultDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for attempt in range(len(self.indices)):
-            position = (index + attempt) % len(self.indices)
-            try:
-                return self._build(self.indices[position])
-            except MalformedRecord as err:
-                self.error_policy.handle(err, self.name)
-        raise RuntimeError(f"dataset {self.name!r}: every record failed; see {self.error_policy.report_path}")
+        try:
+            return self._build(self.indices[index])
+        except MalformedRecord as err:
+            self.error_policy.handle(err, self.name)  # raises unless skipping
+        return self._void_sample()
+
+    def _void_sample(self) -> dict[str, Any]:
+        """What a record that fails only when loaded (pixels broken behind a valid header) yields
+        under `skip`: one unsupervised token, so no loss and no gradient come from it, and no
+        other record is drawn in its place (that one would be seen twice in the epoch)."""
+        return {
+            "input_ids": torch.tensor([self.tokenizer.pad_token_id], dtype=torch.long),
+            "labels": torch.tensor([IGNORE_INDEX], dtype=torch.long),
+            "images": [],
+            "image_sizes": [],
+            "num_positions": 1,
+            "dataset_name": None,
+        }
 
     def _build(self, record_index: int) -> dict[str, Any]:
         location, record = self.source[record_index]
@@ -279,11 +321,7 @@ class DefaultDataset(Dataset):
         positions = len(example.input_ids) + sum(
             ImageGrid.for_resolution(*t.shape[-2:]).num_tokens - 1 for t in images
         )
-        if positions > self.model_max_length:
-            raise MalformedRecord(
-                location,
-                f"sample needs {positions} positions with its images; model_max_length is {self.model_max_length}",
-            )
+        self._check_length(location, positions)
         return {
             "input_ids": torch.tensor(example.input_ids, dtype=torch.long),
             "labels": torch.tensor(example.labels, dtype=torch.long),

@@ -11,37 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from vision_tokenizer.runtime.jsonl import POLICIES, RecordError
+from vision_tokenizer.runtime.jsonl import Location as RecordLocation
 from vision_tokenizer.utils.user_errors import UserError
 
 __all__ = ["RecordLocation", "MalformedRecord", "RecordErrorPolicy", "ERROR_POLICIES"]
 
 logger = logging.getLogger(__name__)
 
-ERROR_POLICIES = ("raise", "skip")
+ERROR_POLICIES = POLICIES
 
 
-@dataclass(frozen=True)
-class RecordLocation:
-    """A record's origin: its file and 1-based line (jsonl) or 0-based item index (a .json list)."""
-
-    path: str
-    line: int
-    is_item_index: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.path}[{self.line}]" if self.is_item_index else f"{self.path}:{self.line}"
-
-
-class MalformedRecord(UserError, ValueError):
+class MalformedRecord(UserError, RecordError):
     """A record that cannot become a training sample; the message starts with `file:line`."""
-
-    def __init__(self, location: RecordLocation | str, reason: str) -> None:
-        self.location = str(location)
-        self.reason = reason
-        super().__init__(f"{self.location}: {reason}")
 
 
 class RecordErrorPolicy:
@@ -58,6 +42,7 @@ class RecordErrorPolicy:
             raise ValueError("record error policy 'skip' needs a report_path to list the skipped records")
         self.mode = mode
         self.report_path = Path(report_path) if report_path is not None else None
+        self.skipped = 0
 
     @property
     def skips(self) -> bool:
@@ -72,4 +57,5 @@ class RecordErrorPolicy:
         line = json.dumps({"location": error.location, "dataset": dataset, "reason": error.reason}) + "\n"
         with open(self.report_path, "a", encoding="utf-8") as report:
             report.write(line)
+        self.skipped += 1
         logger.warning("skipped malformed record %s (%s): %s", error.location, dataset, error.reason)

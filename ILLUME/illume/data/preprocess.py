@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vision_tokenizer.data.records import check_conversations
+
 from illume.data.conversation import ASSISTANT, USER, ChatTemplate
 from illume.vocab import IGNORE_INDEX, IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
@@ -47,30 +49,10 @@ def tokenizer_image_token(text: str, tokenizer: Any, image_token_index: int = IM
 def conversation_messages(conversations: Any) -> list[tuple[int, str]]:
     """Validate the jsonl `conversations` list and return (role, text) pairs.
 
-    Turns must be `{"from": "human"|"gpt", "value": str}`, start with a human turn and alternate;
-    assistant turns must not be empty. Raises `ValueError` with the offending turn's index.
+    The rules are `vision_tokenizer.data.records.check_conversations` (shared with codebook
+    inference); raises `ValueError` with the offending turn's index.
     """
-    if not isinstance(conversations, list) or not conversations:
-        raise ValueError("'conversations' must be a non-empty list of turns")
-    messages: list[tuple[int, str]] = []
-    for k, turn in enumerate(conversations):
-        if not isinstance(turn, dict) or set(turn) < {"from", "value"}:
-            raise ValueError(f"turn {k} must be an object with 'from' and 'value', got {turn!r:.80}")
-        speaker, value = turn["from"], turn["value"]
-        if speaker not in ROLE_NAMES:
-            raise ValueError(f"turn {k}: 'from' must be one of {sorted(ROLE_NAMES)}, got {speaker!r}")
-        if not isinstance(value, str):
-            raise ValueError(f"turn {k}: 'value' must be a string, got {type(value).__name__}")
-        role = ROLE_NAMES[speaker]
-        if role != k % 2:
-            expected = "human" if k % 2 == USER else "gpt"
-            raise ValueError(
-                f"turn {k} is {speaker!r} but turns must alternate starting with human (expected {expected!r})"
-            )
-        if role == ASSISTANT and not value.strip():
-            raise ValueError(f"turn {k}: empty assistant turn (nothing to learn)")
-        messages.append((role, value))
-    return messages
+    return [(ROLE_NAMES[speaker], text) for speaker, text in check_conversations(conversations)]
 
 
 @dataclass(frozen=True)

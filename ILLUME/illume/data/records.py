@@ -9,17 +9,18 @@ A meta-data config maps dataset names to folders (SPEC-mllm C8; read by
 Relative folders are resolved against the json file's own directory, never the working
 directory. Generation and editing datasets (`tokenizer_inference: true`) are read from
 `root/codebook_dir` (the codebook-inference output); the others from `annotation_dir`.
-Records stay as raw bytes until used, so millions of lines cost little memory.
+Records stay as raw bytes until used, so millions of lines cost little memory; files are read
+by the project's one jsonl reader (`vision_tokenizer.runtime.jsonl`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vision_tokenizer.data.meta_config import DatasetMeta, load_meta_data_config
+from vision_tokenizer.runtime.jsonl import RecordError, decode, iter_raw
 
 from illume.data.errors import MalformedRecord, RecordLocation
 
@@ -39,22 +40,11 @@ def annotation_files(folder: Path) -> list[Path]:
 
 
 def _file_records(path: Path) -> Iterator[tuple[RecordLocation, bytes]]:
-    if path.suffix == ".jsonl":
-        with open(path, "rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    yield RecordLocation(str(path), number), line
-        return
+    """Raw records of one file (`vision_tokenizer.runtime.jsonl`: BOM tolerated, decoded later)."""
     try:
-        items = json.loads(path.read_bytes())
-    except json.JSONDecodeError as err:
-        raise MalformedRecord(RecordLocation(str(path), err.lineno), f"not valid JSON ({err.msg})") from None
-    if not isinstance(items, list):
-        raise MalformedRecord(
-            RecordLocation(str(path), 1), "a .json annotation file must hold a list of records"
-        )
-    for index, item in enumerate(items):
-        yield RecordLocation(str(path), index, is_item_index=True), json.dumps(item).encode()
+        yield from iter_raw(path)
+    except RecordError as err:  # a .json file that is not a readable list
+        raise MalformedRecord(err.location, err.reason) from None
 
 
 class RecordSource:
@@ -79,16 +69,11 @@ class RecordSource:
 
 
 def parse_record(raw: bytes, location: RecordLocation) -> dict[str, Any]:
+    """The record of one raw line; undecodable UTF-8 or JSON is a `MalformedRecord` at its file:line."""
     try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise MalformedRecord(location, f"not valid JSON ({err.msg} at column {err.colno})") from None
+        record = decode(raw, location)
+    except RecordError as err:
+        raise MalformedRecord(location, err.reason) from None
     if not isinstance(record, dict):
         raise MalformedRecord(location, f"a record must be a JSON object, got {type(record).__name__}")
     return record
-
-
-def check_keys(record: Mapping[str, Any], location: RecordLocation, required: tuple[str, ...]) -> None:
-    missing = [key for key in required if key not in record]
-    if missing:
-        raise MalformedRecord(location, f"record lacks {missing}")

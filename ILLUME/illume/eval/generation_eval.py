@@ -20,7 +20,6 @@ and `ratio = ratio_h{H}_w{W}`: `{name}_dualvitok/{ratio}/{id}-{text}.png`, optio
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
+from vision_tokenizer.runtime.jsonl import read_records
 from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
 
 __all__ = ["EvalItem", "read_t2i_items", "read_edit_items", "out_image_name", "main"]
@@ -54,15 +54,11 @@ def out_image_name(item_id: int, text: str) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-            yield number, record
+    """(line, record) of an eval jsonl, read by the project's jsonl reader (errors name file:line)."""
+    for location, record in read_records(path):
+        if not isinstance(record, dict):
+            raise ValueError(f"{location}: a record must be a JSON object")
+        yield location.line, record
 
 
 def _human_text(path: Path, number: int, record: dict[str, Any]) -> str:
