@@ -45,8 +45,8 @@ from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_tran
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.runtime.atomic import atomic_write_jsonl, atomic_write_text
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
-from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
 from vision_tokenizer.runtime.jsonl import RecordError, decode, iter_raw
+from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
 from vision_tokenizer.utils.config import load_config
 
 __all__ = ["main", "build_parser", "read_annotation_records", "AnnotationRecord"]
@@ -291,8 +291,8 @@ class CodebookInference:
         logger.info(
             "dataset %s: %d records read, %d tokenized, %d skipped (see %s)",
             name,
-            sum(statistics.values()),
             sum(statistics.values()) + len(skipped),
+            sum(statistics.values()),
             len(skipped),
             out_root.parent / f"{self.version}_skipped.jsonl",
         )
