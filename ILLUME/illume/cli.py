@@ -76,6 +76,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, needs_decoder: bool) -> No
         group, "--sdxl-decoder", "--diffusion_decoder_path", dest="sdxl_decoder",
         help="SDXL decoder folder (needed for --decoder sdxl)",
     )  # fmt: skip
+    group.add_argument("--adapter", help="LoRA adapter folder of a training run, merged into --model (its base)")
     group.add_argument("--device", help="torch device: cpu, cuda, cuda:N, npu (default: cuda if available, else cpu)")
     add_option(
         group,
@@ -115,6 +116,8 @@ def _add_image_sampling_flags(parser: argparse.ArgumentParser, defaults: dict[st
     )
     add_option(group, "--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                help="rows decoded together (default 8)")
+    group.add_argument("--speculative", choices=("none", "jacobi"), default="jacobi",
+                       help="jacobi: exact speculative Jacobi decoding, fewer forward passes (default)")
     out = parser.add_argument_group("decoding to pixels")
     out.add_argument("--decoder", choices=("dualvitok", "sdxl"), default="dualvitok")
     add_option(out, "--diffusion-cfg-scale", "--diffusion_cfg_scale", dest="diffusion_cfg_scale", type=float,
@@ -153,6 +156,7 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
         top_p=args.top_p,
         batch_size=args.batch_size,
         official_double_sampling=args.official_double_sampling,
+        speculative=args.speculative,
     )
     for level in ("semantic", "pixel"):
         for name in ("temperature", "top_k", "top_p"):
@@ -186,6 +190,8 @@ def _check_model_paths(args: argparse.Namespace) -> None:
             require_path(value, flag)
     if args.sdxl_decoder is not None:
         require_path(args.sdxl_decoder, "--sdxl-decoder", folder=True)
+    if args.adapter is not None:
+        require_path(args.adapter, "--adapter", folder=True)
     for image in getattr(args, "image", None) or []:
         require_path(image, "--image", folder=False)
 
@@ -200,6 +206,7 @@ def _load_pipeline(args: argparse.Namespace) -> Any:
         dualvitok=args.dualvitok,
         dualvitok_config=args.dualvitok_config,
         sdxl_decoder=args.sdxl_decoder,
+        adapter=args.adapter,
         device=args.device,
         dtype=None if args.dtype == "auto" else args.dtype,
         use_cuda_graphs=False if args.no_cuda_graphs else None,
@@ -258,6 +265,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         progress=True,
         **_sampling_options(args),
     )
+    print(f"{pipe.last_forward_passes} forward passes", file=sys.stderr)
     for path in _save(images, prompts, args.output_dir):
         print(path)
     return 0
@@ -308,6 +316,7 @@ def _run_edit(args: argparse.Namespace) -> int:
         progress=True,
         **_sampling_options(args),
     )
+    print(f"{pipe.last_forward_passes} forward passes", file=sys.stderr)
     names = [f"{path.stem}_{text}" for path, text in zip(args.image, instructions * len(images))]
     for path in _save(edited, names, args.output_dir):
         print(path)

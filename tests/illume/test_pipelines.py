@@ -10,10 +10,10 @@ from illume.inference import IllumePipeline
 from illume.inference.images import pad_to_anchor, unpad_to_original
 from illume.inference.prompts import (
     EDITING,
-    Prompt,
     RANDOM_IMAGE,
     RECONSTRUCTION,
     TEXT_TO_IMAGE,
+    Prompt,
     generation_prompt,
     understanding_message,
     understanding_prompt,
@@ -192,3 +192,16 @@ def test_sdxl_decoder_renders_at_twice_the_token_resolution(pipe, tiny_sdxl_dir)
     codes = with_sdxl.generate_codes("x", resolution=(256, 256), cfg_scale=1.0)
     images = with_sdxl.decode(codes, decoder="sdxl", diffusion_steps=2)
     assert images[0].size == (512, 512)
+
+
+def test_speculative_knob_keeps_greedy_codes_in_fewer_forward_passes(pipe):
+    prompts = ["a red ball", "a tall tree"]
+    counts, codes = {}, {}
+    for mode in ("none", "jacobi"):
+        codes[mode] = pipe.generate_codes(prompts, resolution=(128, 128), do_sample=False, speculative=mode)
+        counts[mode] = pipe.last_forward_passes
+    for plain, fast in zip(codes["none"], codes["jacobi"]):
+        assert torch.equal(plain.semantic, fast.semantic) and torch.equal(plain.pixel, fast.pixel)
+    assert 0 < counts["jacobi"] < counts["none"]
+    with pytest.raises(ValueError, match="speculative must be one of"):
+        pipe.generate_codes(prompts[0], resolution=(128, 128), speculative="medusa")

@@ -143,6 +143,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     sampling.add_argument(
         "--official_double_sampling", action="store_true", help="reproduce the official T²/min-k quirk"
     )
+    sampling.add_argument(
+        "--speculative", choices=("none", "jacobi"), default="jacobi",
+        help="exact speculative Jacobi decoding (same output distribution, fewer forwards)",
+    )
     args = parser.parse_args(argv)
     if (args.mllm_path is None) == (args.mllm_config is None):
         parser.error("give exactly one of --mllm_path and --mllm_config")
@@ -190,6 +194,7 @@ def _evaluate(
         top_k=args.top_k,
         top_p=args.top_p,
         official_double_sampling=args.official_double_sampling,
+        speculative=args.speculative,
     )
     for ratio in ratios:
         # Editing runs at each input's anchor; the official names that setting (-1, -1).

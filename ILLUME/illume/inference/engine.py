@@ -43,7 +43,12 @@ from illume.inference.schedule import GENERATION_RESOLUTIONS, Requirement, TextR
 from illume.inference.speculative import SPECULATIVE_MODES, decode_image_rows
 from illume.vocab import ImageGrid, ImageSchedule, ImageVocabulary
 
-__all__ = ["RowSpec", "PromptEmbeddings", "GenerationEngine"]
+__all__ = ["RowSpec", "PromptEmbeddings", "GenerationEngine", "JACOBI_WINDOW"]
+
+# Tokens per row and speculative window. Fixed (not sized from the batch) because a sampled row's
+# trajectory depends on it, and a row's output must not depend on the batch it shares. At bs 16
+# with CFG a window is 256 tokens, about where a 3B step turns compute-bound on an H100/H200.
+JACOBI_WINDOW = 8
 
 
 @dataclass(frozen=True)
@@ -372,7 +377,7 @@ class GenerationEngine:
         max_new_tokens: int = 1024,
         on_step: Callable[[], None] | None = None,
         speculative: str = "none",
-        window: int = 16,
+        window: int = JACOBI_WINDOW,
     ) -> list[list[int]]:
         """Generated ids per conditional row (an ended text row includes its end-of-text id).
 
@@ -419,7 +424,10 @@ class GenerationEngine:
         if keys.shape != (batch,):
             raise ValueError(f"keys must have shape ({batch},), got {tuple(keys.shape)}")
         schedules = [self.vocab.schedule(r.image) for r in rows]
-        width = window if speculative == "jacobi" else 1 + max(_longest_forced_run(s) for s in schedules)
+        if speculative == "jacobi":
+            width = window
+        else:
+            width = 1 + max(_longest_forced_run(s) for s in schedules)
         length = prompt.embeds.shape[1] + max(len(s) for s in schedules) + width
         decoder = self._decoder_for(total, length)
         tokens, passes = decode_image_rows(

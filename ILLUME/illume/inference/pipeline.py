@@ -156,6 +156,7 @@ class IllumePipeline:
         self.engine = GenerationEngine(
             model, self.vocab, eos_ids=sorted(eos), use_cuda_graphs=use_cuda_graphs
         )
+        self.last_forward_passes = 0
         tower = VisionTowerConfig.from_dict(getattr(model.config, "mm_vision_tower", None))
         self.min_pixels, self.max_pixels = tower.min_pixels, tower.max_pixels
         # `ImageVocabulary` holds every resolution tag, so the sizes are those of the tag table.
@@ -172,6 +173,7 @@ class IllumePipeline:
         sdxl_decoder: str | os.PathLike | Any = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        adapter: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> IllumePipeline:
         """Load an origin-format MLLM folder (config, weights, tokenizer) and optional decoders.
@@ -179,7 +181,8 @@ class IllumePipeline:
         `dualvitok`: a DualViTok or its checkpoint (file or folder; `dualvitok_config` names its
         config when the checkpoint has none beside it). `sdxl_decoder`: a decoder pipeline or its
         folder. `device` defaults to CUDA when available; `dtype` to bf16 on CUDA, fp32 on CPU
-        (the DualViTok decoder stays in fp32). Other kwargs go to the pipeline constructor.
+        (the DualViTok decoder stays in fp32). `adapter`: a LoRA run's output folder, merged into
+        the MLLM (which is then the run's base). Other kwargs go to the pipeline constructor.
         """
         from illume.model import IllumeQwen2ForCausalLM
 
@@ -188,7 +191,12 @@ class IllumePipeline:
         path = Path(mllm_path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no MLLM checkpoint at {path} (config.json missing)")
-        model = IllumeQwen2ForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        model = IllumeQwen2ForCausalLM.from_pretrained(path, dtype=dtype)
+        if adapter is not None:
+            from illume.adapter import merge_adapter
+
+            model = merge_adapter(model, adapter)
+        model = model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         if isinstance(dualvitok, (str, os.PathLike)):
             from vision_tokenizer.models.dualvitok import DualViTok
@@ -398,12 +406,17 @@ class IllumePipeline:
         seeds: list[int],
         batch_size: int,
         progress: bool,
+        speculative: str,
     ) -> list[ImageCodes]:
-        """Decode image rows in chunks of `batch_size` (images: one per row, or none)."""
+        """Decode image rows in chunks of `batch_size` (images: one per row, or none).
+
+        `self.last_forward_passes` is set to the model forwards the call took.
+        """
         results: list[ImageCodes] = []
         starts = range(0, len(cond), batch_size)
         total = sum(max(g.num_tokens for g in grids[start : start + batch_size]) for start in starts)
         bar = tqdm(total=total, desc="decoding", unit="tok", disable=not progress)
+        passes_before = self.engine.forward_passes
         for start in starts:
             rows = range(start, min(start + batch_size, len(cond)))
             id_rows = [cond[r] for r in rows]
@@ -418,11 +431,13 @@ class IllumePipeline:
                 sampling,
                 keys,
                 on_step=bar.update,
+                speculative=speculative,
             )
             for r, ids in zip(rows, out):
                 semantic, pixel = self.vocab.parse_image_block(ids, grids[r])
                 results.append(ImageCodes(semantic, pixel, (16 * grids[r].pixel[0], 16 * grids[r].pixel[1])))
         bar.close()
+        self.last_forward_passes = self.engine.forward_passes - passes_before
         return results
 
     def generate_codes(
@@ -438,12 +453,14 @@ class IllumePipeline:
         batch_size: int = 16,
         template: str = TEXT_TO_IMAGE,
         progress: bool = False,
+        speculative: str = "jacobi",
         **sampling_options: Any,
     ) -> list[ImageCodes]:
         """Text-to-image as code grids. `resolution` (H, W) for all prompts or one per prompt.
 
-        `sampling_options`: `semantic_{temperature,top_k,top_p}`, `pixel_{...}`, `do_sample`,
-        `official_double_sampling`, or a whole `sampling=SamplingConfig`.
+        `speculative`: "jacobi" (default: exact speculative Jacobi decoding, fewer forwards) or
+        "none" (one forward per code). `sampling_options`: `semantic_{temperature,top_k,top_p}`,
+        `pixel_{...}`, `do_sample`, `official_double_sampling`, or a whole `sampling=SamplingConfig`.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -465,7 +482,7 @@ class IllumePipeline:
             )
             self._check_length(cond[-1], [], grids[-1].num_tokens)
         return self._generate_rows(
-            cond, uncond, [], grids, sampling, _seeds(seed, len(prompts)), batch_size, progress
+            cond, uncond, [], grids, sampling, _seeds(seed, len(prompts)), batch_size, progress, speculative
         )
 
     def generate(
@@ -507,6 +524,7 @@ class IllumePipeline:
         template: str = EDITING,
         anchors: Sequence[tuple[int, int]] = RATIOS,
         progress: bool = False,
+        speculative: str = "jacobi",
         **sampling_options: Any,
     ) -> tuple[list[ImageCodes], list[PaddedImage]]:
         """Editing as code grids, plus how each input was padded (for `unpad_to_original`).
@@ -541,7 +559,7 @@ class IllumePipeline:
             )
             self._check_length(cond[-1], tensors[-1:], grids[-1].num_tokens)
         codes = self._generate_rows(
-            cond, uncond, tensors, grids, sampling, _seeds(seed, count), batch_size, progress
+            cond, uncond, tensors, grids, sampling, _seeds(seed, count), batch_size, progress, speculative
         )
         return codes, padded
 

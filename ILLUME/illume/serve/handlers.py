@@ -16,13 +16,13 @@ from typing import Any
 from PIL import Image
 
 from illume.serve.limits import InputError, InputLimits
-from illume.vocab import RATIOS
+from illume.vocab import RATIOS, RESOLUTION_TAG_SIZES
 
-__all__ = ["AUTO_RESOLUTION", "RESOLUTIONS", "DECODER_CHOICES", "resolution_label", "resolution_choices",
-           "parse_resolution", "ChatSession", "DemoHandlers"]  # fmt: skip
+__all__ = ["AUTO_RESOLUTION", "RESOLUTIONS", "DECODER_CHOICES", "resolution_label", "model_resolutions", "default_size", "parse_resolution", "ChatSession", "DemoHandlers"]  # fmt: skip
 
-# Output sizes offered for text-to-image: the 11 anchors the model was trained on, plus 256x256
-# (fast; the SDXL decoder renders it at 512x512). Every one doubles to an SDXL decoder size.
+# Output sizes offered for text-to-image with the released models: the 11 anchors they were trained
+# on, plus 256x256 (fast; the SDXL decoder renders it at 512x512). Every one doubles to an SDXL
+# decoder size.
 RESOLUTIONS: tuple[tuple[int, int], ...] = ((256, 256), *RATIOS)
 AUTO_RESOLUTION = "closest anchor"
 DECODER_CHOICES = ("DualViTok", "SDXL (2x)")
@@ -32,16 +32,37 @@ def resolution_label(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def parse_resolution(label: str, allow_auto: bool = False) -> tuple[int, int] | None:
-    """'HxW' → (H, W) for one of `RESOLUTIONS`; `AUTO_RESOLUTION` → None where allowed."""
+def model_resolutions(max_pixels: int | None) -> tuple[tuple[int, int], ...]:
+    """The sizes a model was trained for, from its checkpoint's image budget (`mm_vision_tower.max_pixels`).
+
+    Training sets the budget to the images it sees (768x768 for the released models, 64x64 for the
+    quick start's), so the sizes of `RESOLUTIONS` within it are offered; when none fits (a small
+    model), the largest square with resolution tags within it.
+    """
+    if max_pixels is None:
+        return RESOLUTIONS
+    fits = tuple(size for size in RESOLUTIONS if size[0] * size[1] <= max_pixels)
+    if fits:
+        return fits
+    squares = [(side, side) for side in RESOLUTION_TAG_SIZES if side * side <= max_pixels]
+    return (max(squares),) if squares else (RESOLUTIONS[0],)
+
+
+def default_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """512x512 when offered (the released models), else the largest size (e.g. 64x64 for the quick start)."""
+    return (512, 512) if (512, 512) in sizes else max(sizes, key=lambda size: size[0] * size[1])
+
+
+def parse_resolution(
+    label: str, allow_auto: bool = False, sizes: Sequence[tuple[int, int]] = RESOLUTIONS
+) -> tuple[int, int] | None:
+    """'HxW' → (H, W) for one of `sizes`; `AUTO_RESOLUTION` → None where allowed."""
     if allow_auto and label == AUTO_RESOLUTION:
         return None
-    for size in RESOLUTIONS:
+    for size in sizes:
         if resolution_label(size) == label:
             return size
-    raise InputError(
-        f"Unknown resolution {label!r}; choose one of {', '.join(map(resolution_label, RESOLUTIONS))}."
-    )
+    raise InputError(f"Unknown resolution {label!r}; choose one of {', '.join(map(resolution_label, sizes))}.")
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,22 @@ class DemoHandlers:
     def __init__(self, pipe: Any, limits: InputLimits | None = None) -> None:
         self.pipe = pipe
         self.limits = limits or InputLimits()
+        self.resolutions = model_resolutions(getattr(pipe, "max_pixels", None))
+
+    @property
+    def auto_resolution(self) -> bool:
+        """Editing may pick the closest anchor only when the model was trained at the anchors."""
+        return all(size in self.resolutions for size in RATIOS)
+
+    def resolution_choices(self, include_auto: bool = False) -> list[str]:
+        labels = [resolution_label(size) for size in self.resolutions]
+        return [AUTO_RESOLUTION, *labels] if include_auto and self.auto_resolution else labels
+
+    def default_resolution(self, include_auto: bool = False) -> str:
+        """512x512 for the released models, else the model's largest size; editing: the closest anchor."""
+        if include_auto and self.auto_resolution:
+            return AUTO_RESOLUTION
+        return resolution_label(default_size(self.resolutions))
 
     @property
     def has_sdxl(self) -> bool:
@@ -141,16 +178,18 @@ class DemoHandlers:
         decoder: str = DECODER_CHOICES[0],
         diffusion_cfg_scale: float = 1.5,
         diffusion_steps: int = 20,
+        speculative: str = "jacobi",
     ) -> Image.Image:
         """Text-to-image at one anchor resolution (twice that with the SDXL decoder)."""
         text = self.limits.check_prompt(prompt)
         temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
-        size = parse_resolution(resolution)
+        size = parse_resolution(resolution, sizes=self.resolutions)
         chosen = self._decoder(decoder)
         images = self.pipe.generate(
             [text], resolution=size, cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=int(top_k),
             top_p=float(top_p), seed=int(seed), decoder=chosen,
             diffusion_cfg_scale=float(diffusion_cfg_scale), diffusion_steps=int(diffusion_steps),
+            speculative=speculative,
         )  # fmt: skip
         return images[0]
 
@@ -168,21 +207,19 @@ class DemoHandlers:
         decoder: str = DECODER_CHOICES[0],
         diffusion_cfg_scale: float = 1.5,
         diffusion_steps: int = 20,
+        speculative: str = "jacobi",
     ) -> Image.Image:
         """Edit the uploaded image by instruction; the result has the input's size."""
         image = self.limits.load_image(image_path)
         text = self.limits.check_prompt(instruction, "instruction")
         temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
-        size, chosen = parse_resolution(resolution, allow_auto=True), self._decoder(decoder)
+        size = parse_resolution(resolution, allow_auto=self.auto_resolution, sizes=self.resolutions)
+        chosen = self._decoder(decoder)
         images = self.pipe.edit(
             [image], [text], resolution=size, cfg_scale=float(cfg_scale),
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed),
             decoder=chosen, diffusion_cfg_scale=float(diffusion_cfg_scale),
-            diffusion_steps=int(diffusion_steps),
+            diffusion_steps=int(diffusion_steps), speculative=speculative,
         )  # fmt: skip
         return images[0]
 
-
-def resolution_choices(include_auto: bool = False) -> Sequence[str]:
-    labels = [resolution_label(size) for size in RESOLUTIONS]
-    return [AUTO_RESOLUTION, *labels] if include_auto else labels
