@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from illume.adapter import merge_adapter
+from illume.inference.pipeline import IllumePipeline
 from illume.model import IllumeQwen2ForCausalLM
 from illume.train.lora import main as lora_main
 from illume.train.model_builder import build_model_and_tokenizer, save_vq_config
@@ -95,12 +96,15 @@ def test_merged_checkpoint_gives_the_adapter_models_logits(base_dir: Path, lora_
     lora_main(["merge", str(base_dir), str(lora_run), str(tmp_path / "merged")])
     merged = IllumeQwen2ForCausalLM.from_pretrained(tmp_path / "merged").eval()
     again = merge_adapter(IllumeQwen2ForCausalLM.from_pretrained(base_dir), lora_run).eval()
+    piped = IllumePipeline.from_pretrained(base_dir, adapter=lora_run, device="cpu", dtype="float32").model
     with torch.no_grad():
         merged_logits = merged(input_ids=ids, images=image).logits
         again_logits = again(input_ids=ids, images=image).logits
+        piped_logits = piped(input_ids=ids, images=image).logits
     assert (adapter_logits - base_logits).abs().max() > 1e-3  # the adapter changed the model
     torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again_logits, merged_logits, rtol=0, atol=0)
+    torch.testing.assert_close(piped_logits, merged_logits, rtol=0, atol=0)
     # unfreeze_vision_embedding alone: the ILLUME rows learned, Qwen's text rows did not move.
     first = ImageVocabulary.from_tokenizer(AutoTokenizer.from_pretrained(base_dir)).text_token_num
     fresh = IllumeQwen2ForCausalLM.from_pretrained(base_dir)  # peft wrapped `base` in place
