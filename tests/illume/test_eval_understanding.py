@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
+import datasets
 import lmms_eval
+import numpy as np
 import pytest
 import yaml
 from illume.cli import main
@@ -18,6 +20,9 @@ from illume.eval.suites.understanding import (
     markdown_table,
     table_rows,
 )
+from PIL import Image
+
+from tests.illume.tiny_models import tiny_origin_dir  # noqa: F401
 
 
 def _defined_tasks() -> set[str]:
@@ -49,8 +54,9 @@ def test_command_line(tmp_path):
     assert command[:3] == ["python", "-m", "illume.eval.lmms_eval"]
     model_args = command[command.index("--model_args") + 1]
     assert dict(item.split("=") for item in model_args.split(",")) == {
-        "pretrained": "ckpt/illume", "batch_size": "8", "dualvitok": "ckpt/dvt",
+        "pretrained": "ckpt/illume", "dualvitok": "ckpt/dvt",
     }  # fmt: skip
+    assert command[command.index("--batch_size") + 1] == "8"
     assert command[command.index("--tasks") + 1] == PAPER_SUITE
     assert command[command.index("--use_cache") + 1] == str(tmp_path / "lmms_eval_cache")
     assert command[command.index("--limit") + 1] == "5" and "--log_samples" in command
@@ -87,3 +93,36 @@ def test_score_table(tmp_path, capsys):
     }  # fmt: skip
     assert capsys.readouterr().out == out.read_text()
     assert markdown_table(table_rows({"results": {}})).count("\n") == 2  # header only
+
+
+def test_understanding_runs_lmms_eval_with_the_plugin(tmp_path, monkeypatch, tiny_origin_dir):  # noqa: F811
+    """A real lmms-eval run on a tiny local MME-style task: batched model, --limit, results, settings."""
+    rng = np.random.default_rng(0)
+    questions = (("Is there a cat in the image? Please answer yes or no.", "Yes"),
+                 ("Is there a dog in the image? Please answer yes or no.", "No"))  # MME: two per image
+    docs = [{"question_id": f"{k}.png", "image": Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)),
+             "question": question, "answer": answer, "category": "existence"}
+            for k in range(2) for question, answer in questions]  # fmt: skip
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)}).save_to_disk(tmp_path / "mme_tiny")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mme_tiny.yaml").write_text(
+        f"include: {TASKS_DIR / 'mme' / 'mme_nopost.yaml'}\ntask: mme_nopost_tiny\n"
+        f"dataset_path: {tmp_path / 'mme_tiny'}\ndataset_kwargs:\n  load_from_disk: true\n"
+        "generation_kwargs:\n  max_new_tokens: 4\n  temperature: 0\n  num_beams: 1\n  do_sample: false\n"
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = ["eval", "understanding", "--model", str(tiny_origin_dir), "--tasks", "mme_nopost_tiny",
+            "--include-path", str(tasks), "--output-dir", str(out), "--batch-size", "2", "--limit", "2"]  # fmt: skip
+    assert main(argv) == 0
+    (results,) = out.glob("lmms_eval/*/*_results.json")
+    scores = json.loads(results.read_text())["results"]["mme_nopost_tiny"]
+    assert isinstance(scores["mme_perception_score,none"], (int, float))  # existence is a perception category
+    (samples,) = out.glob("lmms_eval/*/*_samples_mme_nopost_tiny.jsonl")
+    assert len(samples.read_text().splitlines()) == 2  # --limit 2 of 4 documents
+    settings = json.loads((out / "eval_settings.json").read_text())
+    assert settings["tasks"] == "mme_nopost_tiny" and settings["models"]["mllm"]["digest"]
+    assert (out / "table.md").read_text().startswith("| benchmark |")

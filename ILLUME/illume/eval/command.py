@@ -145,6 +145,7 @@ def _configure_suite(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--batch-size", type=int, default=8)
         parser.add_argument("--limit", type=int, help="only the first N documents per task")
         parser.add_argument("--num-processes", type=int, default=1, help="GPUs (accelerate launch)")
+        parser.add_argument("--include-path", type=Path, help="a folder of extra lmms-eval task yamls")
         parser.add_argument("--dry-run", action="store_true", help="print the lmms-eval command only")
     elif name == "table":
         parser.add_argument("--results", type=Path, help="lmms-eval results JSON (or its output folder)")

@@ -25,6 +25,7 @@ __all__ = [
     "PaperRow",
     "PAPER_ROWS",
     "lmms_eval_command",
+    "lmms_eval_env",
     "latest_results",
     "table_rows",
     "geneval_overall",
@@ -79,15 +80,20 @@ def lmms_eval_command(
     dtype: str | None = None,
     limit: int | None = None,
     num_processes: int = 1,
+    include_path: Path | None = None,
     python: str = sys.executable,
 ) -> list[str]:
-    """The lmms-eval command line (through `python -m illume.eval.lmms_eval`, which registers the plugin)."""
+    """The lmms-eval command line (through `python -m illume.eval.lmms_eval`, which registers the plugin).
+
+    `include_path`: a folder of your own task yamls; the plugin's tasks stay visible through
+    `LMMS_EVAL_PLUGINS` (see `lmms_eval_env`).
+    """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     for name, value in (("--model", model), ("--dualvitok", dualvitok)):
         if value is not None and "," in value:
             raise UserError(f"{name} {value}: lmms-eval model_args cannot hold a path with ','")
-    model_args = [f"pretrained={model}", f"batch_size={batch_size}"]
+    model_args = [f"pretrained={model}"]  # lmms-eval hands --batch_size to the model itself
     if dualvitok is not None:
         model_args.append(f"dualvitok={dualvitok}")
     if dtype is not None and dtype != "auto":
@@ -107,7 +113,14 @@ def lmms_eval_command(
     ]  # fmt: skip
     if limit is not None:
         command += ["--limit", str(limit)]
+    if include_path is not None:
+        command += ["--include_path", str(include_path)]
     return command
+
+
+def lmms_eval_env() -> dict[str, str]:
+    """The environment of the lmms-eval process: the plugin's tasks are found beside any --include_path."""
+    return {**os.environ, "LMMS_EVAL_PLUGINS": "illume.eval.lmms_eval"}
 
 
 def run_understanding(args: Any) -> int:
@@ -122,6 +135,7 @@ def run_understanding(args: Any) -> int:
         dtype=args.dtype,
         limit=args.limit,
         num_processes=args.num_processes,
+        include_path=args.include_path,
     )
     print(" ".join(command))
     if args.dry_run:
@@ -136,10 +150,13 @@ def run_understanding(args: Any) -> int:
         "command": command,
     }
     (args.output_dir / "eval_settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    status = subprocess.run(command, check=False, env=dict(os.environ)).returncode
+    status = subprocess.run(command, check=False, env=lmms_eval_env()).returncode
     if status != 0:
         return status
-    results = latest_results(args.output_dir / "lmms_eval")
+    try:
+        results = latest_results(args.output_dir / "lmms_eval")
+    except UserError:
+        raise UserError("lmms-eval wrote no results JSON: see its log above") from None
     table = markdown_table(table_rows(json.loads(results.read_text(encoding="utf-8"))))
     (args.output_dir / "table.md").write_text(table, encoding="utf-8")
     print(table)
