@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -76,3 +78,16 @@ def test_inception_needs_local_weights(tmp_path):
     assert INCEPTION_WEIGHTS_URL in str(info.value)
     with pytest.raises(UserError, match="unknown feature extractor"):
         feature_extractor("no-such-extractor")
+
+
+def test_fid_command_writes_json(tmp_path, capsys):
+    from illume.cli import main
+
+    register_feature_extractor("test-colour", _mean_colour)
+    reds = _folder(tmp_path / "red", [(200, 10, 10), (180, 30, 20), (210, 0, 40)])
+    out = tmp_path / "fid.json"
+    assert main(["eval", "fid", str(reds), str(reds), "--features", "test-colour", "--output", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["fid"] == pytest.approx(0.0, abs=1e-9) and record["generated"] == record["reference"] == 3
+    assert json.loads(capsys.readouterr().out) == record
+    assert main(["eval", "fid", str(reds), str(tmp_path / "missing"), "--features", "test-colour"]) == 2
