@@ -188,3 +188,49 @@ def test_measured_cpu_state_is_within_the_machine() -> None:
     assert 0.0 <= state.busy <= (os.cpu_count() or 1) + 1e-6
     assert threads_per_process(3) == 3  # a configured number wins
     assert 1 <= threads_per_process(None) <= state.usable
+
+
+def test_demo_offers_the_trained_size_and_draws_the_prompts_photo(quickstart_dir: Path, tmp_path: Path) -> None:
+    """The Gradio demo in headless Chromium on the quick-start model: 64x64 is the one size offered
+    (read from the checkpoint), and a training caption gives the quick start's own greedy picture,
+    closer to its photo than to the other photos."""
+    import io
+    import urllib.request
+
+    import numpy as np
+    from illume.quickstart.evaluation import photo_at, psnr_between
+    from PIL import Image
+
+    from tests.browser import ARTIFACTS_DIR, browser_page, running_app
+
+    data, inference = _stage(quickstart_dir, "data")["record"], _stage(quickstart_dir, "inference")["record"]
+    scores = dict(zip(data["photos"], inference["generation_psnr"]["per_image"]))
+    name = max(scores, key=scores.get)  # the photo the model draws best from its caption
+    photos = {n: photo_at(Path(data["image_dir"]) / f"{n}.png", 64) for n in data["photos"]}
+    args = ["--model", str(quickstart_dir / "mllm" / "model"), "--dualvitok",
+            str(quickstart_dir / "tokenizer" / "dualvitok"), "--device", "cpu"]  # fmt: skip
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    with running_app("illume.serve.app", args, tmp_path / "demo.log") as url, browser_page(url) as page:
+        page.get_by_role("tab", name="Text to image").click()
+        page.locator("#t2i-resolution input").click()
+        offered = [option.inner_text().replace("✓", "").strip() for option in page.get_by_role("option").all()]
+        assert offered == ["64x64"], offered
+        page.keyboard.press("Escape")
+        page.locator("#t2i-prompt textarea").fill(data["captions"][name])
+        page.get_by_text("Image generation").first.click()
+        for slider, value in (("t2i-temperature", "0"), ("t2i-cfg", "1")):  # greedy, no CFG: as the quick start
+            field = page.locator(f"#{slider} input[type=number]")
+            field.fill(value)
+            field.press("Enter")
+        page.locator("#t2i-generate").click()
+        picture = page.locator("#t2i-output img").first
+        picture.wait_for(timeout=180_000)
+        source = picture.get_attribute("src")
+        page.screenshot(path=str(ARTIFACTS_DIR / "illume_demo_quickstart.png"), full_page=True)
+        with urllib.request.urlopen(urllib.request.Request(source if "://" in source else url + source)) as reply:
+            image = Image.open(io.BytesIO(reply.read())).convert("RGB")
+    assert image.size == (64, 64)
+    own = Image.open(quickstart_dir / "inference" / "generated" / f"{name}.png").convert("RGB")
+    assert np.array_equal(np.asarray(image), np.asarray(own))
+    matched = psnr_between(image, photos[name])
+    assert all(matched > psnr_between(image, photo) for other, photo in photos.items() if other != name)

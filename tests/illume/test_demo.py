@@ -181,3 +181,24 @@ def test_page_in_headless_chromium(
         page.locator("#t2i-generate").click()
         page.locator("#t2i-output img").first.wait_for(timeout=180_000)
         page.screenshot(path=str(ARTIFACTS_DIR / "illume_demo_generate.png"), full_page=True)
+
+
+def test_offered_sizes_follow_the_checkpoints_image_budget() -> None:
+    from illume.serve.handlers import RESOLUTIONS, default_size, model_resolutions
+    from illume.vocab import RATIOS
+
+    released = model_resolutions(768 * 768)  # the released models' mm_vision_tower.max_pixels
+    assert released == RESOLUTIONS and default_size(released) == (512, 512)
+    assert model_resolutions(64 * 64) == ((64, 64),)  # the quick start's: its own trained size
+    assert model_resolutions(300 * 300) == ((256, 256),)
+    assert all(h * w <= 512 * 512 for h, w in model_resolutions(512 * 512))
+
+    class QuickstartPipe:
+        max_pixels = 64 * 64
+
+    small = DemoHandlers(QuickstartPipe())
+    assert small.resolution_choices(include_auto=True) == ["64x64"]  # no anchor fits: no "closest anchor"
+    assert small.default_resolution() == small.default_resolution(include_auto=True) == "64x64"
+    with pytest.raises(InputError, match="choose one of 64x64"):
+        small.generate("a cat", "256x256")
+    assert len(RATIOS) == 11

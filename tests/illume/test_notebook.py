@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -49,6 +50,20 @@ def test_notebook_is_committed_without_outputs() -> None:
     assert notebook.cells[1].metadata["tags"] == ["parameters"]
 
 
+def test_readme_names_every_variable_the_notebook_reads() -> None:
+    import re
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    read = set(re.findall(r"os\.environ\.get\(\s*\"(ILLUME_\w+)\"", code))
+    assert read >= {"ILLUME_MLLM_PATH", "ILLUME_RESOLUTION"} and read <= set(ENV_KEYS) | {"ILLUME_GOLDEN_DIR"}
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = next(part for part in readme.split("\n\n") if "ILLUME/inference.ipynb" in part and "reads" in part)
+    assert sorted(name for name in read if f"`{name}`" not in paragraph) == []
+    table = notebook.cells[0].source
+    assert sorted(name for name in read if f"`{name}`" not in table) == []
+
+
 @pytest.mark.slow
 def test_runs_with_given_paths_and_sdxl(
     tiny_origin_dir: Path, tiny_dualvitok_dir: Path, tiny_sdxl_dir: Path, monkeypatch, tmp_path: Path
@@ -86,9 +101,13 @@ def test_falls_back_to_the_tiny_model_and_skips_sdxl(monkeypatch, tmp_path: Path
 @pytest.mark.slow
 def test_prefers_the_quickstart_model_when_it_exists(monkeypatch, tmp_path: Path) -> None:
     quickstart = tmp_path / "quickstart"
-    tiny_models.write_tiny_origin_model(golden_dir(), quickstart / "mllm" / "model")
+    model = tiny_models.write_tiny_origin_model(golden_dir(), quickstart / "mllm" / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["mm_vision_tower"]["max_pixels"] = 64 * 64  # what the quick start's training config sets
+    (model / "config.json").write_text(json.dumps(config))
     tiny_models.write_tiny_dualvitok(golden_dir(), quickstart / "tokenizer" / "dualvitok")
     printed = _run({"ILLUME_DEVICE": "cpu", "ILLUME_QUICKSTART_DIR": str(quickstart)}, monkeypatch, tmp_path)
     assert "using the quick-start model" in printed["tiny-fallback"]
     assert "using the tiny model" not in printed["tiny-fallback"]
+    assert "trained sizes: 64x64 | using 64x64" in printed["load"]  # read from the checkpoint
     assert printed["generate"].strip() == "generated: (64, 64)"

@@ -15,13 +15,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from illume.serve.handlers import (
-    AUTO_RESOLUTION,
-    DECODER_CHOICES,
-    ChatSession,
-    DemoHandlers,
-    resolution_choices,
-)
+from vision_tokenizer.job_args import add_option
+from vision_tokenizer.utils.user_errors import require_path, run_cli
+
+from illume.serve.handlers import DECODER_CHOICES, ChatSession, DemoHandlers
 from illume.serve.limits import InputError, InputLimits
 
 __all__ = ["build_demo", "main"]
@@ -36,7 +33,13 @@ T2I_EXAMPLES = (
     "a lighthouse on a cliff at sunset, oil painting",
     "a bowl of ramen with chopsticks, top view",
 )
-EDIT_INSTRUCTIONS = ("Make it look like winter.", "Change the colour of the cup to green.")
+# Each bundled photo with an instruction that fits what it shows.
+EDIT_EXAMPLES = {
+    "astronaut.jpg": "Replace the flag behind the astronaut with a window.",
+    "chelsea.jpg": "Make the cat wear a small red hat.",
+    "coffee.jpg": "Change the colour of the cup to green.",
+    "rocket.jpg": "Make it night, with stars in the sky.",
+}
 
 
 def _friendly(fn):
@@ -65,16 +68,19 @@ def _friendly_stream(fn):
     return wrapper
 
 
-def _sampling_controls(temperature: float, top_k: int, top_p: float, cfg: float | None, max_k: int):
+def _sampling_controls(
+    temperature: float, top_k: int, top_p: float, cfg: float | None, max_k: int, elem_prefix: str
+):
     import gradio as gr
 
     controls = [
-        gr.Slider(0.0, 1.5, value=temperature, step=0.05, label="Temperature"),
-        gr.Slider(1, max_k, value=top_k, step=1, label="Top-k"),
-        gr.Slider(0.05, 1.0, value=top_p, step=0.05, label="Top-p"),
-    ]
+        gr.Slider(0.0, 1.5, value=temperature, step=0.05, label="Temperature (0: greedy)",
+                  elem_id=f"{elem_prefix}-temperature"),
+        gr.Slider(1, max_k, value=top_k, step=1, label="Top-k", elem_id=f"{elem_prefix}-top-k"),
+        gr.Slider(0.05, 1.0, value=top_p, step=0.05, label="Top-p", elem_id=f"{elem_prefix}-top-p"),
+    ]  # fmt: skip
     if cfg is not None:
-        controls.append(gr.Slider(1.0, 10.0, value=cfg, step=0.1, label="LLM CFG scale"))
+        controls.append(gr.Slider(1.0, 10.0, value=cfg, step=0.1, label="LLM CFG scale", elem_id=f"{elem_prefix}-cfg"))
     return controls
 
 
@@ -106,7 +112,7 @@ def _chat_tab(handlers: DemoHandlers) -> None:
                 max_tokens = gr.Slider(1, handlers.limits.max_new_tokens, value=min(1024, handlers.limits.max_new_tokens), step=1,
                                        label="Max output tokens", elem_id="chat-max-tokens")  # fmt: skip
                 do_sample = gr.Checkbox(False, label="Sample (off: greedy)")
-                temperature, top_k, top_p = _sampling_controls(1.0, 128, 1.0, None, 4096)
+                temperature, top_k, top_p = _sampling_controls(1.0, 128, 1.0, None, 4096, "chat")
                 seed = gr.Number(42, precision=0, label="Seed")
         with gr.Column(scale=2):
             chatbot = gr.Chatbot(label="ILLUME+", height=480, elem_id="chatbot")
@@ -139,10 +145,11 @@ def _generate_tab(handlers: DemoHandlers) -> None:
                 label="Prompt", lines=3, elem_id="t2i-prompt", max_length=handlers.limits.max_prompt_chars
             )
             resolution = gr.Dropdown(
-                resolution_choices(), value="512x512", label="Resolution (HxW)", elem_id="t2i-resolution"
+                handlers.resolution_choices(), value=handlers.default_resolution(), label="Resolution (HxW)",
+                elem_id="t2i-resolution",
             )
             with gr.Accordion("Image generation", open=False):
-                temperature, top_k, top_p, cfg = _sampling_controls(1.0, 2048, 1.0, 2.0, 8192)
+                temperature, top_k, top_p, cfg = _sampling_controls(1.0, 2048, 1.0, 2.0, 8192, "t2i")
                 seed = gr.Number(42, precision=0, label="Seed")
             decoder, diffusion_cfg, diffusion_steps = _decoder_controls(handlers.has_sdxl, "t2i")
             button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
@@ -169,19 +176,17 @@ def _edit_tab(handlers: DemoHandlers) -> None:
             image = gr.Image(type="filepath", label="Image to edit", elem_id="edit-image")
             instruction = gr.Textbox(label="Instruction", lines=2, elem_id="edit-instruction",
                                      max_length=handlers.limits.max_prompt_chars)  # fmt: skip
-            resolution = gr.Dropdown(resolution_choices(include_auto=True), value=AUTO_RESOLUTION,
+            resolution = gr.Dropdown(handlers.resolution_choices(include_auto=True),
+                                     value=handlers.default_resolution(include_auto=True),
                                      label="Working resolution (HxW)", elem_id="edit-resolution")  # fmt: skip
             with gr.Accordion("Image generation", open=False):
-                temperature, top_k, top_p, cfg = _sampling_controls(0.7, 512, 0.8, 1.5, 8192)
+                temperature, top_k, top_p, cfg = _sampling_controls(0.7, 512, 0.8, 1.5, 8192, "edit")
                 seed = gr.Number(42, precision=0, label="Seed")
             decoder, diffusion_cfg, diffusion_steps = _decoder_controls(handlers.has_sdxl, "edit")
             button = gr.Button("Edit", variant="primary", elem_id="edit-run")
-            photos = sorted(EXAMPLES_DIR.glob("*.jpg")) if EXAMPLES_DIR.is_dir() else []
-            if photos:
-                pairs = [
-                    [str(photo), EDIT_INSTRUCTIONS[i % len(EDIT_INSTRUCTIONS)]]
-                    for i, photo in enumerate(photos)
-                ]
+            pairs = [[str(EXAMPLES_DIR / name), text] for name, text in EDIT_EXAMPLES.items()
+                     if (EXAMPLES_DIR / name).is_file()]  # fmt: skip
+            if pairs:
                 gr.Examples(pairs, inputs=[image, instruction])
         with gr.Column():
             output = gr.Image(label="Edited image", elem_id="edit-output", format="png")
@@ -228,16 +233,14 @@ def build_demo(handlers: DemoHandlers, title: str = "ILLUME+"):
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     limits = InputLimits()
     parser = argparse.ArgumentParser(prog="python -m illume.serve.app", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="ILLUME+ MLLM checkpoint folder (origin or HF format)")
-    parser.add_argument(
-        "--dualvitok", required=True, help="DualViTok checkpoint (file or folder) for decoding images"
-    )
-    parser.add_argument(
-        "--dualvitok-config", default=None, help="DualViTok config when the checkpoint has none beside it"
-    )
-    parser.add_argument(
-        "--sdxl-decoder", default=None, help="SDXL decoder folder (enables the 2x diffusion decoder)"
-    )
+    add_option(parser, "--model", "--model_name", "--model_path", dest="model", required=True,
+               help="ILLUME+ MLLM checkpoint folder (origin or HF format)")
+    add_option(parser, "--dualvitok", "--tokenizer_checkpoint", "--vq-ckpt", "--vq_ckpt", dest="dualvitok",
+               required=True, help="DualViTok checkpoint (file or folder) for decoding images")
+    add_option(parser, "--dualvitok-config", "--tokenizer_config", dest="dualvitok_config", default=None,
+               help="DualViTok config when the checkpoint has none beside it")
+    add_option(parser, "--sdxl-decoder", "--diffusion_decoder_path", dest="sdxl_decoder", default=None,
+               help="SDXL decoder folder (enables the 2x diffusion decoder)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument(
         "--dtype", default=None, help="fp32 / bf16 / fp16 (default: bf16 on CUDA, fp32 on CPU)"
@@ -257,10 +260,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _serve(argv: Sequence[str]) -> None:
     from illume.inference.pipeline import IllumePipeline
 
     args = _parse_args(argv)
+    require_path(args.model, "--model", folder=True)
+    require_path(args.dualvitok, "--dualvitok")
     limits = InputLimits(
         max_file_size=args.max_file_size,
         max_image_pixels=args.max_image_pixels,
@@ -282,5 +287,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted; an input mistake (e.g. a missing --model folder) is one line, exit 2."""
+    return run_cli("python -m illume.serve.app", _serve, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
