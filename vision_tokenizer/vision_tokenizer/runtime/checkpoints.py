@@ -205,7 +205,8 @@ class CheckpointDir:
             try:
                 state = check(checkpoint.path)
             except Exception as error:  # noqa: BLE001 - any failure to load makes it unusable
-                kind = "corrupt" if marked else "incomplete"
+                # A marker says the write once finished: damaged since. No marker: never finished.
+                kind = "corrupt" if self.marker_path(checkpoint.path).is_file() else "incomplete"
                 logger.warning("skipping %s checkpoint %s: %s", kind, checkpoint.path, error)
                 if set_aside:
                     moved.append(self._set_aside(checkpoint.path, kind))
