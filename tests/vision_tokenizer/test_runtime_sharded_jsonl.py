@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter, read_complete_rows
 
 
