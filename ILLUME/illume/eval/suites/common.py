@@ -57,32 +57,40 @@ _HASHED_BYTES = 4 << 20  # files up to 4 MiB (configs, tokenizers, metadata) get
 # ranks
 @dataclass(frozen=True)
 class Shard:
-    """This process's place in the run: `rank` of `world_size`, and the device it computes on."""
+    """This process's place in the run: `rank` of `world_size`, and the device it computes on.
+
+    Ranks share nothing but the output folder, so no process group is joined: rank 0 waits for
+    the others by watching their output files (`wait_for`), which has no collective timeout to
+    trip when ranks resume with very different amounts of work left (torchrun stops every rank
+    when one fails).
+    """
 
     rank: int
     world_size: int
     device: Any
-    _context: Any = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
-        if self._context is not None:
-            self._context.barrier()
-
-    def close(self) -> None:
-        if self._context is not None:
-            self._context.close()
+    def wait_for(self, jobs: Sequence[Any], is_done: Callable[[Any], bool], poll_seconds: float = 2.0) -> None:
+        """Return once every job is done (on one rank: at once, they are)."""
+        remaining = [job for job in jobs if not is_done(job)]
+        reported = time.monotonic()
+        while remaining:
+            if time.monotonic() - reported > 60:
+                print(f"rank {self.rank}: waiting for {len(remaining)} item(s) of the other ranks", flush=True)
+                reported = time.monotonic()
+            time.sleep(poll_seconds)
+            remaining = [job for job in remaining if not is_done(job)]
 
 
 def open_shard(device: str | None = None) -> Shard:
-    """Join torchrun's process group when launched by it (gloo on CPU, nccl on CUDA)."""
+    """This rank under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) and its device (GPU, NPU or CPU)."""
     from vision_tokenizer.runtime.distributed import init_distributed
 
-    context = init_distributed(device)
-    return Shard(context.rank, context.world_size, context.device, context if context.enabled else None)
+    context = init_distributed(device, join=False)
+    return Shard(context.rank, context.world_size, context.device)
 
 
 def select_jobs(jobs: Sequence[Any], limit: int | None) -> list[Any]:
@@ -186,7 +194,7 @@ def atomic_save(image: Image.Image, path: Path) -> None:
 class ShardLog:
     """Which rank made which item and how long it took: `eval_log/items.rank{R}of{W}.jsonl`.
 
-    Rows go through the project's sharded jsonl writer; `merge` (rank 0, after the barrier)
+    Rows go through the project's sharded jsonl writer; `merge` (rank 0, once all items exist)
     publishes `eval_log/items.jsonl` once every selected item has a row.
     """
 
@@ -443,8 +451,8 @@ def _run_suite(
     log = ShardLog(args.output_dir, shard)
     if any(not is_done(job) for job in mine):
         loop(load_pipeline(args, shard), mine, options, log, shard)
-    shard.barrier()
     if shard.is_main:
+        shard.wait_for(chosen, is_done)
         log.merge([job.key for job in chosen])
     return shard
 

@@ -74,5 +74,4 @@ def run(args: Any) -> int:
         side = height * (2 if args.decoder == "sdxl" else 1)
         print(f"DPG-Bench grids in {images_dir}; score with ELLA's scorer (from the ELLA repository root):")
         print(f'  PIC_NUM={args.samples} bash dpg_bench/dist_eval.sh "{images_dir}" {side}')
-    shard.close()
     return 0

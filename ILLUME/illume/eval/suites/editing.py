@@ -97,7 +97,6 @@ def run_gedit(args: Any) -> int:
     if shard.is_main:
         print(f"GEdit-Bench edits in {out}/fullset/<task_type>/<language>/<key>.png (Step1X-Edit GEdit-Bench layout);")
         print("  score them with GEdit-Bench's VIEScore evaluation (see static/docs/evaluation.md)")
-    shard.close()
     return 0
 
 
@@ -150,5 +149,4 @@ def run_imgedit(args: Any) -> int:
             f'  python basic_bench.py --result_img_folder "{images_dir}" --edit_json "{args.edit_json}" '
             f'--origin_img_root "{args.image_root}" --prompts_json <prompts.json>'
         )
-    shard.close()
     return 0

@@ -84,5 +84,4 @@ def run(args: Any) -> int:
             f'"{out}" --outfile "{out}/results.jsonl" --model-path "<OBJECT_DETECTOR_FOLDER>"\n'
             f'  python evaluation/summary_scores.py "{out}/results.jsonl"'
         )
-    shard.close()
     return 0

@@ -98,5 +98,4 @@ def run(args: Any) -> int:
             report = _score(args, chosen, images_dir, shard.device)
             (args.output_dir / "fid.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             print(f"MJHQ-30k FID {report['overall']['fid']} (written to {args.output_dir / 'fid.json'})")
-    shard.close()
     return 0
