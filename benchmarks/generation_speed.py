@@ -4,7 +4,9 @@ For each resolution (256², 512²) and batch size (1, 16) this times text-to-ima
 CFG 2.0, top-k 2048 (pixel 6144), and reports seconds per image and image tokens per second:
 
 * `engine`: `illume.inference.GenerationEngine` — static KV cache, conditional and unconditional
-  rows in one forward, forced structure tokens, level-sliced LM head, CUDA graphs on GPU;
+  rows in one forward, forced structure tokens fed with the next sampled one, fused q/k/v and
+  gate/up GEMMs, level-sliced LM head, CUDA graphs on GPU (`--speculative none`);
+* `engine+jacobi`: the same with exact speculative Jacobi decoding (`--speculative jacobi`);
 * `official`: transformers `generate` with a logits processor built the way the official
   `InterleavedLogitsProcessor` works — a second (KV-cached) forward of the unconditional prompt
   per token, a vocabulary-wide mask rebuilt every step, state driven by row 0, and HF's own
@@ -12,10 +14,14 @@ CFG 2.0, top-k 2048 (pixel 6144), and reports seconds per image and image tokens
 
 `--tiny` runs a 2-layer model with the tiny codebooks on CPU (always works). Without it the
 model has ILLUME+ 3B shapes (Qwen2.5-3B + 131,111 extension rows) with random bf16 weights and
-needs a GPU. Weights are random, so only speed is meaningful.
+needs a GPU. Weights are random, so only speed is meaningful, and the forward passes per image
+(device-independent) are what speculation saves; random weights make acceptance rates unlike a
+trained model's. Each row also gives its speed-up over the official approach measured in the same
+run, peak device memory (CUDA), and how often the engine rebuilt its cache or captured a graph
+(the prompt length changes between calls, so a rebuild per call would show).
 
     python benchmarks/generation_speed.py --tiny
-    python benchmarks/generation_speed.py --sizes 512 --batch-sizes 1 --official-max-images 1
+    python benchmarks/generation_speed.py --sizes 512 --batch-sizes 1 --official-max-batch 1
 """
 
 from __future__ import annotations
@@ -173,9 +179,9 @@ def run_official(model, vocab, grid, cond, uncond, sampling) -> None:
     )  # fmt: skip
 
 
-def run_engine(engine, grid, batch, prompt, sampling, seed) -> None:
+def run_engine(engine, grid, batch, prompt, sampling, seed, speculative) -> None:
     keys = row_keys([torch.Generator().manual_seed(seed + i) for i in range(batch)])
-    engine.generate(prompt, [RowSpec(image=grid)] * batch, sampling, keys)
+    engine.generate(prompt, [RowSpec(image=grid)] * batch, sampling, keys, speculative=speculative)
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -195,6 +201,21 @@ class Row:
     batch: int
     seconds_per_image: float
     image_tokens_per_second: float
+    forward_passes_per_image: float
+    speedup_vs_official: float | None = None
+    peak_memory_gb: float | None = None
+
+
+APPROACHES = {"engine": "none", "engine+jacobi": "jacobi"}
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
 
 def main(argv=None) -> int:
@@ -208,6 +229,13 @@ def main(argv=None) -> int:
         "--official-max-batch", type=int, default=16, help="time the official approach up to this batch"
     )
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument(
+        "--speculative", nargs="+", choices=sorted(APPROACHES.values()), default=["none", "jacobi"],
+        help="engine decoding modes to time (default both)",
+    )
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--quantize", choices=("none", "int8", "fp8"), default="none",
+                        help="weight-only quantization of the LLM (illume.inference.quantize)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (tiny mode)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
@@ -220,11 +248,16 @@ def main(argv=None) -> int:
     dtype = torch.float32 if args.tiny else torch.bfloat16
     torch.manual_seed(0)
     model = build_model(shapes, device, dtype)
+    if args.quantize != "none":
+        from illume.inference.quantize import quantize_llm
+
+        quantize_llm(model, args.quantize)
     vocab = ImageVocabulary.from_tokenizer(_LayoutTokenizer(shapes.base_vocab, shapes.codebooks))
     engine = GenerationEngine(model, vocab, use_cuda_graphs=not args.no_cuda_graphs)
-    sampling = SamplingConfig.create(1.0, 2048, 1.0, cfg_scale=2.0)
+    sampling = SamplingConfig.create(1.0, 2048, 1.0, cfg_scale=2.0, do_sample=not args.greedy)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"# {shapes.name} on {device_name} ({dtype}), CFG {sampling.cfg_scale}, top-k 2048/6144")
+    mode = "greedy" if args.greedy else "top-k 2048/6144"
+    print(f"# {shapes.name} on {device_name} ({dtype}), CFG {sampling.cfg_scale}, {mode}")
 
     rows: list[Row] = []
     g = torch.Generator().manual_seed(1)
@@ -237,31 +270,55 @@ def main(argv=None) -> int:
             mask = torch.ones_like(ids)
             with torch.no_grad():
                 prompt = PromptEmbeddings(model.get_input_embeddings()(ids), mask)
-            if device.type == "cuda":  # capture graphs / warm the allocator outside the timing
-                run_engine(engine, grid, batch, prompt, sampling, 0)
-            seconds = _timed(partial(run_engine, engine, grid, batch, prompt, sampling, 1), device)
-            rows.append(Row("engine", size, batch, seconds / batch, batch * grid.num_tokens / seconds))
-            print(_format(rows[-1]), flush=True)
-            if args.skip_official or batch > args.official_max_batch:
-                continue
-            cond = (ids[:batch], mask[:batch])
-            uncond = (ids[batch:], mask[batch:])
-            with torch.no_grad():
-                seconds = _timed(partial(run_official, model, vocab, grid, cond, uncond, sampling), device)
-            rows.append(Row("official", size, batch, seconds / batch, batch * grid.num_tokens / seconds))
-            print(_format(rows[-1]), flush=True)
+                # The warm-up call has a shorter prompt: the timed call must reuse its cache/graphs.
+                warm = PromptEmbeddings(prompt.embeds[:, 1:], mask[:, 1:]) if args.prompt_length > 1 else prompt
+            measured: list[Row] = []
+            for approach, mode in APPROACHES.items():
+                if mode not in args.speculative:
+                    continue
+                if device.type == "cuda":  # capture graphs / warm the allocator outside the timing
+                    run_engine(engine, grid, batch, warm, sampling, 0, mode)
+                _reset_peak(device)
+                before = engine.forward_passes
+                seconds = _timed(partial(run_engine, engine, grid, batch, prompt, sampling, 1, mode), device)
+                passes = engine.forward_passes - before
+                measured.append(Row(approach, size, batch, seconds / batch, batch * grid.num_tokens / seconds,
+                                    passes / batch, peak_memory_gb=_peak_gb(device)))  # fmt: skip
+            if not args.skip_official and batch <= args.official_max_batch:
+                cond = (ids[:batch], mask[:batch])
+                uncond = (ids[batch:], mask[batch:])
+                _reset_peak(device)
+                with torch.no_grad():
+                    seconds = _timed(partial(run_official, model, vocab, grid, cond, uncond, sampling), device)
+                # One conditional and one unconditional forward per token of the block.
+                official = Row("official", size, batch, seconds / batch, batch * grid.num_tokens / seconds,
+                               2.0 * grid.num_tokens / batch, 1.0, _peak_gb(device))  # fmt: skip
+                for row in measured:
+                    row.speedup_vs_official = official.seconds_per_image / row.seconds_per_image
+                measured.append(official)
+            for row in measured:
+                print(_format(row), flush=True)
+            rows += measured
+    dec = engine._decoder
+    counts = dict(decoder_builds=engine.decoder_builds, graph_captures=dec.captures if dec is not None else 0)
+    print(f"# cache builds {counts['decoder_builds']}, CUDA graph captures {counts['graph_captures']}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(
-                dict(device=device_name, shapes=shapes.name, rows=[asdict(r) for r in rows]), handle, indent=2
-            )
+                dict(device=device_name, shapes=shapes.name, torch=torch.__version__, quantize=args.quantize,
+                     **counts, rows=[asdict(r) for r in rows]),
+                handle, indent=2,
+            )  # fmt: skip
     return 0
 
 
 def _format(row: Row) -> str:
+    ratio = "" if row.speedup_vs_official is None else f", {row.speedup_vs_official:6.2f}x official"
+    memory = "" if row.peak_memory_gb is None else f", peak {row.peak_memory_gb:.2f} GB"
     return (
-        f"{row.approach:8s} {row.resolution:4d}² bs {row.batch:2d}: {row.seconds_per_image:8.3f} s/image, "
-        f"{row.image_tokens_per_second:9.1f} image tokens/s"
+        f"{row.approach:13s} {row.resolution:4d}² bs {row.batch:2d}: {row.seconds_per_image:8.3f} s/image, "
+        f"{row.image_tokens_per_second:9.1f} image tokens/s, {row.forward_passes_per_image:7.1f} forward passes/image"
+        f"{ratio}{memory}"
     )
 
 

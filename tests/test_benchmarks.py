@@ -46,17 +46,27 @@ def test_tokenizer_speed_tiny_prints_the_table_and_ratio(tmp_path: Path) -> None
         assert float(cells[-1]) == pytest.approx(row["images_per_s"] / float(official[op]), abs=0.006)
 
 
-def test_generation_speed_tiny_times_engine_and_official(tmp_path: Path) -> None:
+def test_generation_speed_tiny_times_engine_jacobi_and_official(tmp_path: Path) -> None:
     report = tmp_path / "rows.json"
-    stdout = _run("generation_speed.py", "--tiny", "--sizes", "256", "--batch-sizes", "1", "--prompt-length", "1",
+    stdout = _run("generation_speed.py", "--tiny", "--sizes", "256", "--batch-sizes", "1", "--prompt-length", "3",
                   "--json", str(report))
-    rows = {row["approach"]: row for row in json.loads(report.read_text())["rows"]}
-    assert sorted(rows) == ["engine", "official"]
-    tokens_per_image = ImageGrid.for_resolution(256, 256).num_tokens
+    result = json.loads(report.read_text())
+    rows = {row["approach"]: row for row in result["rows"]}
+    assert sorted(rows) == ["engine", "engine+jacobi", "official"]
+    grid = ImageGrid.for_resolution(256, 256)
     for approach, row in rows.items():
-        assert re.search(rf"^{approach}\s+256² bs\s+1:", stdout, re.MULTILINE), approach
+        assert re.search(rf"^{re.escape(approach)}\s+256² bs\s+1:", stdout, re.MULTILINE), approach
         assert row["seconds_per_image"] > 0
-        assert row["image_tokens_per_second"] * row["seconds_per_image"] == pytest.approx(tokens_per_image)
+        assert row["image_tokens_per_second"] * row["seconds_per_image"] == pytest.approx(grid.num_tokens)
+        assert row["speedup_vs_official"] == pytest.approx(
+            rows["official"]["seconds_per_image"] / row["seconds_per_image"]
+        )
+    # Forward passes: official 2 per token; engine one per code plus prefill (structure tokens ride
+    # along with the next code); speculation fewer still.
+    assert rows["official"]["forward_passes_per_image"] == 2 * grid.num_tokens
+    assert rows["engine"]["forward_passes_per_image"] == grid.num_semantic + grid.num_pixel + 2
+    assert rows["engine+jacobi"]["forward_passes_per_image"] < rows["engine"]["forward_passes_per_image"]
+    assert result["decoder_builds"] == 1  # both modes and every call share one bucketed cache
 
 
 def test_train_throughput_tiny_reports_tokens_per_second(tmp_path: Path) -> None:
