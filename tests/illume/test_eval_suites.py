@@ -85,6 +85,7 @@ def test_geneval_layout_resume_and_settings(tmp_path, models, capsys):
     generation = settings["generation"]
     assert generation["sampling"]["cfg_scale"] == 2.0 and generation["sampling"]["top_k"] == 2048
     assert generation["resolution"] == [64, 64] and generation["samples"] == 2
+    assert generation["models"]["dtype"] == "float32"  # "auto" on the CPU
     config = next(f for f in generation["models"]["mllm"]["files"] if f["file"] == "config.json")
     assert len(config["sha256"]) == 64 and generation["inputs"]["metadata"]["digest"]
 

@@ -279,13 +279,19 @@ def load_pipeline(args: Any, shard: Shard) -> Any:
     )
 
 
-def model_record(args: Any) -> dict[str, Any]:
+def model_record(args: Any, device: Any) -> dict[str, Any]:
+    """Fingerprints of the models and the precision they run in (`auto` resolved for this device)."""
+    import torch
+
+    from illume.inference.pipeline import resolve_dtype
+
+    chosen = torch.device(args.device) if args.device else torch.device(device)
     return {
         "mllm": fingerprint(args.model),
         "dualvitok": fingerprint(args.dualvitok),
         "dualvitok_config": fingerprint(args.dualvitok_config),
         "sdxl_decoder": fingerprint(args.sdxl_decoder) if args.decoder == "sdxl" else None,
-        "dtype": args.dtype,
+        "dtype": str(resolve_dtype(None if args.dtype == "auto" else args.dtype, chosen)).removeprefix("torch."),
     }
 
 
@@ -444,8 +450,11 @@ def _run_suite(
     options = image_options(args)
     options.check_supported(getattr(IllumePipeline, method))  # before anything is recorded
     shard = open_shard(args.device)
-    generation = {"models": model_record(args), "sampling": options.record(), **generation}
-    record_settings(args.output_dir, suite, generation, shard, limit=args.limit, batch_size=args.batch_size)
+    generation = {"models": model_record(args, shard.device), "sampling": options.record(), **generation}
+    record_settings(
+        args.output_dir, suite, generation, shard,
+        limit=args.limit, batch_size=args.batch_size, device=str(args.device or shard.device),
+    )  # fmt: skip
     chosen = select_jobs(jobs, args.limit)
     mine = chosen[shard.rank :: shard.world_size]
     log = ShardLog(args.output_dir, shard)
