@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 
 from vision_tokenizer.data.image_io import ImageLoadError, image_to_tensor, load_image, psnr, tensor_to_image
+from vision_tokenizer.job_args import add_option
 from vision_tokenizer.models.dualvitok import DualViTok
+from vision_tokenizer.utils.user_errors import require_path, run_cli
 
 __all__ = ["TokenizerDemo", "Reconstruction", "SHORT_SIDE_CHOICES", "build_demo", "main"]
 
@@ -208,18 +210,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m vision_tokenizer.app", description=__doc__.splitlines()[0]
     )
-    parser.add_argument(
-        "--config", required=True, help="DualViTok config (.py/.json) or a save_pretrained folder"
-    )
-    parser.add_argument(
-        "--checkpoint", default=None, help="tokenizer weights (file or folder); random init without"
-    )
-    parser.add_argument(
-        "--use-ema", action="store_true", help="load the EMA weights of a training checkpoint"
-    )
-    parser.add_argument(
-        "--sdxl-decoder", default=None, help="SDXL decoder folder (enables the second decoder)"
-    )
+    add_option(parser, "--config", "--dualvitok-config", "--model_config", dest="config", required=True,
+               help="DualViTok config (.py/.json) or a save_pretrained folder")
+    add_option(parser, "--dualvitok", "--checkpoint", "--vq-ckpt", "--tokenizer_checkpoint", dest="checkpoint",
+               default=None, help="tokenizer weights (file or folder); random init without")
+    add_option(parser, "--use-ema", "--use_ema", dest="use_ema", action="store_true",
+               help="load the EMA weights of a training checkpoint")
+    add_option(parser, "--sdxl-decoder", "--diffusion_decoder_path", dest="sdxl_decoder", default=None,
+               help="SDXL decoder folder (enables the second decoder)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for all interfaces)"
@@ -234,9 +232,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _serve(argv: Sequence[str]) -> None:
     args = _parse_args(argv)
     config = Path(args.config)
+    require_path(config, "--config")
+    if args.checkpoint is not None:
+        require_path(args.checkpoint, "--dualvitok")
     if args.checkpoint is None and config.is_dir():
         model = DualViTok.from_pretrained(config, use_ema=args.use_ema)
     elif args.checkpoint is None:
@@ -258,5 +259,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted; an input mistake (e.g. a missing --config) is one line, exit 2."""
+    return run_cli("python -m vision_tokenizer.app", _serve, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
