@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vision_tokenizer.job_args import add_option
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
 from vision_tokenizer.runtime.jsonl import read_records
 from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
@@ -101,55 +102,50 @@ def read_edit_items(path: str | os.PathLike, image_dir: str | os.PathLike | None
 # ---------------------------------------------------------------------------------------------
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="illume-generation-eval", description=__doc__.split("\n\n")[0])
+    # Flags as everywhere in the project; the official script's spellings are hidden aliases.
     model = parser.add_argument_group("models")
-    model.add_argument("--mllm_path", help="MLLM checkpoint folder")
-    model.add_argument(
-        "--mllm_config", help="official MLLM config .py: its training_args.output_dir is the checkpoint"
-    )
-    model.add_argument("--tokenizer_checkpoint", required=True, help="DualViTok checkpoint (file or folder)")
-    model.add_argument("--tokenizer_config", help="DualViTok config (.py/.json) if not beside the checkpoint")
-    model.add_argument("--diffusion_decoder_path", help="SDXL decoder folder: also decode with it (2x size)")
-    model.add_argument("--torch_dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    add_option(model, "--model", "--mllm_path", dest="mllm_path", help="MLLM checkpoint folder")
+    add_option(model, "--config", "--mllm_config", dest="mllm_config",
+               help="official MLLM config .py: its training_args.output_dir is the checkpoint")
+    add_option(model, "--dualvitok", "--tokenizer_checkpoint", dest="tokenizer_checkpoint", required=True,
+               help="DualViTok checkpoint (file or folder)")
+    add_option(model, "--dualvitok-config", "--tokenizer_config", dest="tokenizer_config",
+               help="DualViTok config (.py/.json) if not beside the checkpoint")
+    add_option(model, "--sdxl-decoder", "--diffusion_decoder_path", dest="diffusion_decoder_path",
+               help="SDXL decoder folder: also decode with it (2x size)")
+    add_option(model, "--dtype", "--torch_dtype", dest="torch_dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--t2i", action="append", default=[], type=Path, help="text-to-image jsonl (repeatable)"
-    )
+    data.add_argument("--t2i", action="append", default=[], type=Path, help="text-to-image jsonl (repeatable)")
     data.add_argument("--edit", action="append", default=[], type=Path, help="editing jsonl (repeatable)")
-    data.add_argument(
-        "--image_dir", type=Path, help="editing input images (default: images/ beside the jsonl)"
-    )
-    data.add_argument("--output_dir", type=Path, required=True)
-    data.add_argument(
-        "--resolution_type",
-        choices=("fixed_anchors", "fixed"),
-        default="fixed_anchors",
-        help="t2i: every prompt at all 11 anchors, or only at --resolution² (editing: input anchor)",
-    )
+    add_option(data, "--image-dir", "--image_dir", dest="image_dir", type=Path,
+               help="editing input images (default: images/ beside the jsonl)")
+    add_option(data, "--output-dir", "--output_dir", dest="output_dir", type=Path, required=True)
+    add_option(data, "--resolution-type", "--resolution_type", dest="resolution_type",
+               choices=("fixed_anchors", "fixed"), default="fixed_anchors",
+               help="t2i: every prompt at all 11 anchors, or only at --resolution² (editing: input anchor)")
     data.add_argument("--resolution", type=int, default=512)
-    data.add_argument(
-        "--edit_resolution",
-        type=lambda text: tuple(int(v) for v in text.lower().split("x")),
-        help="editing: pad every input to this HxW instead of its closest anchor",
-    )
-    sampling = parser.add_argument_group("sampling (pixel top-k = 3 x top_k)")
-    sampling.add_argument("--batch_size", type=int, default=8)
+    add_option(data, "--edit-resolution", "--edit_resolution", dest="edit_resolution",
+               type=lambda text: tuple(int(v) for v in text.lower().split("x")),
+               help="editing: pad every input to this HxW instead of its closest anchor")
+    sampling = parser.add_argument_group("sampling (pixel top-k = 3 x top-k)")
+    add_option(sampling, "--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
     sampling.add_argument("--seed", type=int, default=42)
     sampling.add_argument("--temperature", type=float, default=1.0)
-    sampling.add_argument("--top_k", type=int, default=2048)
-    sampling.add_argument("--top_p", type=float, default=1.0)
-    sampling.add_argument("--llm_cfg_scale", type=float, default=2.0)
-    sampling.add_argument("--diffusion_cfg_scale", type=float, default=2.0)
-    sampling.add_argument("--diffusion_steps", type=int, default=50)
-    sampling.add_argument(
-        "--official_double_sampling", action="store_true", help="reproduce the official T²/min-k quirk"
-    )
+    add_option(sampling, "--top-k", "--top_k", dest="top_k", type=int, default=2048)
+    add_option(sampling, "--top-p", "--top_p", dest="top_p", type=float, default=1.0)
+    add_option(sampling, "--cfg-scale", "--llm_cfg_scale", dest="llm_cfg_scale", type=float, default=2.0)
+    add_option(sampling, "--diffusion-cfg-scale", "--diffusion_cfg_scale", dest="diffusion_cfg_scale", type=float,
+               default=2.0)
+    add_option(sampling, "--diffusion-steps", "--diffusion_steps", dest="diffusion_steps", type=int, default=50)
+    add_option(sampling, "--official-double-sampling", "--official_double_sampling", dest="official_double_sampling",
+               action="store_true", help="reproduce the official T²/min-k quirk")
     sampling.add_argument(
         "--speculative", choices=("none", "jacobi"), default="jacobi",
         help="exact speculative Jacobi decoding (same output distribution, fewer forwards)",
     )
     args = parser.parse_args(argv)
     if (args.mllm_path is None) == (args.mllm_config is None):
-        parser.error("give exactly one of --mllm_path and --mllm_config")
+        parser.error("give exactly one of --model and --config")
     if not args.t2i and not args.edit:
         parser.error("nothing to evaluate: give --t2i and/or --edit jsonl files")
     return args

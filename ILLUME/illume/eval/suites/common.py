@@ -42,6 +42,8 @@ __all__ = [
     "run_t2i",
     "run_edit",
     "select_jobs",
+    "SAFE_NAME",
+    "read_entries",
     "image_options",
     "model_record",
     "run_generation_suite",
@@ -98,6 +100,27 @@ def select_jobs(jobs: Sequence[Any], limit: int | None) -> list[Any]:
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of items, got {limit}")
     return list(jobs) if limit is None else list(jobs)[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark files
+SAFE_NAME = str.maketrans({"/": "_", "\\": "_"})  # ids become file names: no folder separators
+
+
+def read_entries(path: Path, flag: str, source: str, fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A benchmark's JSON object `{key: {field: str, ...}}`; every mistake is one line naming `flag`."""
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file ({source})")
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{flag} {path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(table, dict):
+        raise UserError(f"{flag} {path}: expected an object {{key: {{{', '.join(fields)}}}}}")
+    for key, entry in table.items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in fields):
+            raise UserError(f"{flag} {path}: entry {key!r} needs string fields {list(fields)}")
+    return table
 
 
 # ---------------------------------------------------------------------------------------------

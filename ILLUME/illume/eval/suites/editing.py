@@ -16,19 +16,24 @@ Item i is edited with seed `seed + i`.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from vision_tokenizer.utils.user_errors import UserError
 
-from illume.eval.suites.common import EditJob, atomic_save, fingerprint, run_editing_suite
+from illume.eval.suites.common import (
+    SAFE_NAME,
+    EditJob,
+    atomic_save,
+    fingerprint,
+    read_entries,
+    run_editing_suite,
+)
 
 __all__ = ["gedit_jobs", "imgedit_jobs", "run_gedit", "run_imgedit"]
 
 GEDIT_FIELDS = ("task_type", "key", "instruction", "instruction_language")
-_SAFE = str.maketrans({"/": "_", "\\": "_"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +80,7 @@ def gedit_jobs(path: Path, image_column: str, language: str, seed: int) -> list[
         data = _image_bytes(row[image_column], f"--data {path} row {index} ({image_column})")
         with Image.open(io.BytesIO(data)) as header:
             size = header.size
-        task, lang, key = (str(row[f]).translate(_SAFE) for f in ("task_type", "instruction_language", "key"))
+        task, lang, key = (str(row[f]).translate(SAFE_NAME) for f in ("task_type", "instruction_language", "key"))
         target = Path("fullset", task, lang, f"{key}.png")
         job = EditJob(str(target), str(row["instruction"]).strip(), seed + index, size, lambda d=data: _decoded(d))
         jobs.append((job, target))
@@ -103,26 +108,17 @@ def run_gedit(args: Any) -> int:
 # ---------------------------------------------------------------------------------------------
 # ImgEdit
 def imgedit_jobs(edit_json: Path, image_root: Path, seed: int) -> list[EditJob]:
-    if not edit_json.is_file():
-        raise UserError(f"--edit-json {edit_json}: no such file (ImgEdit's Benchmark/Basic/basic_edit.json)")
+    table = read_entries(edit_json, "--edit-json", "ImgEdit's Benchmark/Basic/basic_edit.json", ("id", "prompt"))
     if not image_root.is_dir():
         raise UserError(f"--image-root {image_root}: no such folder (ImgEdit's original benchmark images)")
-    try:
-        table = json.loads(edit_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"--edit-json {edit_json}: invalid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(table, dict):
-        raise UserError(f"--edit-json {edit_json}: expected an object {{key: {{id, prompt, edit_type}}}}")
     jobs = []
     for index, (key, entry) in enumerate(table.items()):
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in ("id", "prompt")):
-            raise UserError(f"--edit-json {edit_json}: entry {key!r} needs 'id' and 'prompt' strings")
         source = image_root / entry["id"]
         if not source.is_file():
             raise UserError(f"--edit-json {edit_json}: entry {key!r}: input image {source} not found")
         with Image.open(source) as header:
             size = header.size
-        jobs.append(EditJob(str(key).translate(_SAFE), entry["prompt"].strip(), seed + index, size, lambda s=source: _load(s)))
+        jobs.append(EditJob(str(key).translate(SAFE_NAME), entry["prompt"].strip(), seed + index, size, lambda s=source: _load(s)))
     return jobs
 
 

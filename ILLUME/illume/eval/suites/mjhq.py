@@ -15,29 +15,21 @@ from typing import Any
 
 from vision_tokenizer.utils.user_errors import UserError
 
-from illume.eval.suites.common import T2IJob, atomic_save, fingerprint, run_generation_suite
+from illume.eval.suites.common import (
+    SAFE_NAME,
+    T2IJob,
+    atomic_save,
+    fingerprint,
+    read_entries,
+    run_generation_suite,
+)
 
 __all__ = ["read_meta", "reference_image", "run"]
 
-_SAFE = str.maketrans({"/": "_", "\\": "_"})
-
-
 def read_meta(path: Path) -> list[tuple[str, str, str]]:
     """(id, category, prompt) in file order."""
-    if not path.is_file():
-        raise UserError(f"--meta {path}: no such file (MJHQ-30K's meta_data.json)")
-    try:
-        table = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"--meta {path}: invalid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(table, dict):
-        raise UserError(f"--meta {path}: expected an object {{id: {{category, prompt}}}}")
-    items = []
-    for key, entry in table.items():
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in ("category", "prompt")):
-            raise UserError(f"--meta {path}: entry {key!r} needs 'category' and 'prompt' strings")
-        items.append((str(key).translate(_SAFE), entry["category"].translate(_SAFE), entry["prompt"]))
-    return items
+    table = read_entries(path, "--meta", "MJHQ-30K's meta_data.json", ("category", "prompt"))
+    return [(str(k).translate(SAFE_NAME), e["category"].translate(SAFE_NAME), e["prompt"]) for k, e in table.items()]
 
 
 def reference_image(reference_dir: Path, category: str, key: str) -> Path | None:
