@@ -31,11 +31,11 @@ _SAVED_ARCHITECTURE = IllumeQwen2ForCausalLM.__name__
 def vocabulary_from_config(config: ILLUMEQwen2Config) -> ImageVocabulary:
     """The id layout without a tokenizer: the extension tokens follow `<start_of_image>` in the
     official order (formats.md §1); `<|endoftext|>` (Qwen's bos and pad) and `<|im_end|>` (eos)."""
-    if config.special_tokens_ids is None or config.dualvitok_config is None:
+    if config.special_tokens_ids is None or config.dualvitok is None:
         raise ValueError("image generation needs config.special_tokens_ids and the DualViTok architecture")
     sizes = (
-        int(config.dualvitok_config.semantic_quantizer["codebook_size"]),
-        int(config.dualvitok_config.pixel_quantizer["codebook_size"]),
+        int(config.dualvitok.semantic_quantizer["codebook_size"]),
+        int(config.dualvitok.pixel_quantizer["codebook_size"]),
     )
     first = config.special_tokens_ids[0]
     at = {token: first + i for i, token in enumerate(extension_tokens((0, 0)))}

@@ -140,7 +140,7 @@ class ILLUMEQwen2Config(Qwen2Config):
         return VisionTowerConfig.from_dict(self.mm_vision_tower) if self.mm_vision_tower is not None else None
 
     @property
-    def dualvitok_config(self) -> DualViTokConfig | None:
+    def dualvitok(self) -> DualViTokConfig | None:
         """The tower's DualViTok architecture, once known (see `resolve_dualvitok`)."""
         return getattr(self, "_dualvitok_config", None)
 
@@ -157,12 +157,12 @@ class ILLUMEQwen2Config(Qwen2Config):
             return None
         if explicit is not None:
             self._dualvitok_config = read_dualvitok_config(explicit, allow_python=True)
-        elif self.dualvitok_config is None:
+        elif self.dualvitok is None:
             source = self.mm_vision_tower.get("vq_config")
             if source is None:
                 raise ValueError("mm_vision_tower has no 'vq_config' (the DualViTok architecture config)")
             self._dualvitok_config = read_dualvitok_config(source, search_dirs=tuple(search_dirs))
-        return self.dualvitok_config
+        return self.dualvitok
 
     def _remove_keys_not_serialized(self, d: dict[str, Any]) -> None:
         d.pop("_dualvitok_config", None)

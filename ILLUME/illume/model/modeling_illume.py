@@ -145,7 +145,7 @@ class IllumeQwen2PreTrainedModel(Qwen2PreTrainedModel):
                 self.config.mm_vision_tower = {**tower, "vq_config": name}
             out = Path(save_directory)
             out.mkdir(parents=True, exist_ok=True)
-            (out / name).write_text(json.dumps(self.config.dualvitok_config.to_vq_model(), indent=2) + "\n")
+            (out / name).write_text(json.dumps(self.config.dualvitok.to_vq_model(), indent=2) + "\n")
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -164,7 +164,7 @@ class IllumeQwen2Model(IllumeQwen2PreTrainedModel, Qwen2Model):
         super().__init__(config)
         if config.mm_vision_tower is None:
             return
-        dualvitok = config.dualvitok_config
+        dualvitok = config.dualvitok
         if dualvitok is None:
             raise ValueError(
                 f"mm_vision_tower.vq_config {config.mm_vision_tower.get('vq_config')!r} names a file, and "
