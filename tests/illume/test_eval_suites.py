@@ -259,3 +259,15 @@ def test_speculative_and_quantize_are_passed_only_when_set_and_supported():
     with pytest.raises(UserError, match="--speculative"):
         options.check_supported(without_knob)
     ImageOptions(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=1.0).check_supported(without_knob)
+
+
+def test_bad_benchmark_files_are_one_line_errors(tmp_path, models, capsys):
+    (tmp_path / "meta.jsonl").write_text('{"prompt": "a cat"}\n{not json\n')
+    out = ["--output-dir", str(tmp_path / "out")]
+    assert main(["eval", "geneval", "--metadata", str(tmp_path / "meta.jsonl"), *models, *out]) == 2
+    assert "meta.jsonl:2: invalid JSON" in capsys.readouterr().err
+    (tmp_path / "basic_edit.json").write_text(json.dumps({"7": {"id": "a.jpg"}}))
+    argv = ["eval", "imgedit", "--edit-json", str(tmp_path / "basic_edit.json"), "--image-root", str(tmp_path)]
+    assert main([*argv, *models, *out]) == 2
+    assert "entry '7' needs string fields ['id', 'prompt']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing recorded for a run that never started
