@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vision_tokenizer.utils.user_errors import UserError, run_cli
+
 from illume.quickstart import STAGES
 
 __all__ = ["NAME", "HELP", "configure", "run", "main"]
@@ -63,7 +65,7 @@ def _settings_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, has_value, value = item.partition("=")
         if not has_value or not key:
-            raise SystemExit(f"illume quickstart: --set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"illume quickstart: --set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = parse_override_value(value)
     return overrides
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.settings or DEFAULT_SETTINGS_FILE, overrides)
     except (KeyError, ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"illume quickstart: {error}") from None
+        raise UserError(f"illume quickstart: {error}") from None
     out_dir = args.output_dir or REPO_ROOT / "outputs" / "quickstart"
     report = run_quickstart(out_dir, settings, redo=args.redo, until=args.until)
     if report is not None:
@@ -93,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def _main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m illume.quickstart`; a bad setting is one line and exit status 2."""
+    return run_cli("illume quickstart", _main, sys.argv[1:] if argv is None else argv)
