@@ -29,7 +29,9 @@ def _scipy_fid(mu1, s1, mu2, s2):
 
 def test_one_dimensional_value_by_hand():
     # N(1, 4) vs N(3, 9): (1-3)^2 + 4 + 9 - 2*sqrt(36) = 4 + 13 - 12 = 5
-    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])) == pytest.approx(5.0)
+    assert frechet_distance(
+        np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])
+    ) == pytest.approx(5.0)
 
 
 def test_matches_scipy_sqrtm_on_random_covariances():

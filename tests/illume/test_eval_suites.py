@@ -61,7 +61,10 @@ def _log_rows(out):
 
 def _geneval_metadata(path, count):
     classes = ["cat", "dog", "bench", "clock", "car"][:count]
-    lines = [{"tag": "single_object", "include": [{"class": c, "count": 1}], "prompt": f"a photo of a {c}"} for c in classes]
+    lines = [
+        {"tag": "single_object", "include": [{"class": c, "count": 1}], "prompt": f"a photo of a {c}"}
+        for c in classes
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return lines
 
@@ -102,7 +105,11 @@ def test_geneval_layout_resume_and_settings(tmp_path, models, capsys):
 def test_dpg_grids(tmp_path, models, capsys):
     prompts = tmp_path / "prompts"
     prompts.mkdir()
-    for key, text in [("partiprompts1", "a red bus"), ("coco2", "two cats on a sofa"), ("diffusiondb3", "a lake")]:
+    for key, text in [
+        ("partiprompts1", "a red bus"),
+        ("coco2", "two cats on a sofa"),
+        ("diffusiondb3", "a lake"),
+    ]:
         (prompts / f"{key}.txt").write_text(text + "\n")
     out = tmp_path / "dpg"
     argv = ["eval", "dpg", "--prompts", str(prompts), *models, "--output-dir", str(out), "--limit", "2",
@@ -128,13 +135,18 @@ def test_mjhq_fid_per_category(tmp_path, models):
     from illume.eval.suites.fid import register_feature_extractor
 
     register_feature_extractor("test-stand-in", _stand_in_features)
-    meta = {f"id{i:02d}": {"category": ["people", "animals"][i % 2], "prompt": f"photo number {i}"} for i in range(10)}
+    meta = {
+        f"id{i:02d}": {"category": ["people", "animals"][i % 2], "prompt": f"photo number {i}"}
+        for i in range(10)
+    }
     (tmp_path / "meta_data.json").write_text(json.dumps(meta))
     reference = tmp_path / "mjhq30k_imgs"
     rng = np.random.default_rng(0)
     for key, entry in meta.items():
         (reference / entry["category"]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(reference / entry["category"] / f"{key}.jpg")
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            reference / entry["category"] / f"{key}.jpg"
+        )
     out = tmp_path / "mjhq"
     argv = ["eval", "mjhq-fid", "--meta", str(tmp_path / "meta_data.json"), *models, "--output-dir", str(out),
             "--limit", "8", "--resolution", SIZE, "--reference-dir", str(reference), "--features", "test-stand-in"]  # fmt: skip
@@ -154,7 +166,11 @@ def test_mjhq_fid_per_category(tmp_path, models):
     a = features([out / "images" / "people" / f"{k}.png" for k in keys])
     b = features([reference / "people" / f"{k}.jpg" for k in keys])
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+    expected = (
+        ((a.mean(0) - b.mean(0)) ** 2).sum()
+        + np.trace(s1 + s2)
+        - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+    )
     assert report["per_category"]["people"]["fid"] == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
@@ -165,7 +181,11 @@ def _png_bytes(size, colour):
 
 
 def test_gedit_layout(tmp_path, models):
-    rows = [("background_change", "k1", "en", (96, 64)), ("color_alter", "k2", "cn", (64, 64)), ("style", "k3", "en", (50, 80))]
+    rows = [
+        ("background_change", "k1", "en", (96, 64)),
+        ("color_alter", "k2", "cn", (64, 64)),
+        ("style", "k3", "en", (50, 80)),
+    ]
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table({
         "task_type": [r[0] for r in rows], "key": [r[1] for r in rows],
@@ -236,7 +256,10 @@ def test_two_torchrun_ranks_split_the_work(tmp_path, tiny_origin_dir, tiny_dualv
     by_rank = {}
     for row in _log_rows(out):
         by_rank.setdefault(row["rank"], []).append(row["key"])
-    assert {rank: sorted(keys) for rank, keys in by_rank.items()} == {0: ["00000", "00002"], 1: ["00001", "00003"]}
+    assert {rank: sorted(keys) for rank, keys in by_rank.items()} == {
+        0: ["00000", "00002"],
+        1: ["00001", "00003"],
+    }
     assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["00000", "00001", "00002", "00003"]
     merged = [json.loads(line)["key"] for line in (out / "eval_log" / "items.jsonl").read_text().splitlines()]
     assert merged == ["00000", "00001", "00002", "00003"]
@@ -247,7 +270,9 @@ def test_speculative_and_quantize_are_passed_only_when_set_and_supported():
     from vision_tokenizer.utils.user_errors import UserError
 
     options = ImageOptions(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=1.0, speculative="jacobi")
-    assert options.pipeline_kwargs()["speculative"] == "jacobi" and "quantize" not in options.pipeline_kwargs()
+    assert (
+        options.pipeline_kwargs()["speculative"] == "jacobi" and "quantize" not in options.pipeline_kwargs()
+    )
 
     def with_knob(prompts, *, speculative="none"):
         return prompts
@@ -267,7 +292,14 @@ def test_bad_benchmark_files_are_one_line_errors(tmp_path, models, capsys):
     assert main(["eval", "geneval", "--metadata", str(tmp_path / "meta.jsonl"), *models, *out]) == 2
     assert "meta.jsonl:2: invalid JSON" in capsys.readouterr().err
     (tmp_path / "basic_edit.json").write_text(json.dumps({"7": {"id": "a.jpg"}}))
-    argv = ["eval", "imgedit", "--edit-json", str(tmp_path / "basic_edit.json"), "--image-root", str(tmp_path)]
+    argv = [
+        "eval",
+        "imgedit",
+        "--edit-json",
+        str(tmp_path / "basic_edit.json"),
+        "--image-root",
+        str(tmp_path),
+    ]
     assert main([*argv, *models, *out]) == 2
     assert "entry '7' needs string fields ['id', 'prompt']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing recorded for a run that never started

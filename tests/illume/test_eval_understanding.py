@@ -60,7 +60,9 @@ def test_command_line(tmp_path):
     assert command[command.index("--tasks") + 1] == PAPER_SUITE
     assert command[command.index("--use_cache") + 1] == str(tmp_path / "lmms_eval_cache")
     assert command[command.index("--limit") + 1] == "5" and "--log_samples" in command
-    many = lmms_eval_command("m", tasks="mme", output_dir=tmp_path, batch_size=2, num_processes=4, python="python")
+    many = lmms_eval_command(
+        "m", tasks="mme", output_dir=tmp_path, batch_size=2, num_processes=4, python="python"
+    )
     assert many[:4] == ["python", "-m", "accelerate.commands.launch", "--num_processes=4"]
 
 
@@ -79,14 +81,19 @@ def test_score_table(tmp_path, capsys):
     }}  # fmt: skip
     (tmp_path / "results.json").write_text(json.dumps(results))
     geneval = [("single_object", True), ("single_object", False), ("counting", True)]
-    (tmp_path / "geneval.jsonl").write_text("".join(json.dumps({"tag": t, "correct": c}) + "\n" for t, c in geneval))
+    (tmp_path / "geneval.jsonl").write_text(
+        "".join(json.dumps({"tag": t, "correct": c}) + "\n" for t, c in geneval)
+    )
     assert geneval_overall(tmp_path / "geneval.jsonl") == pytest.approx((0.5 + 1.0) / 2)
     (tmp_path / "fid.json").write_text(json.dumps({"overall": {"fid": 7.25}}))
     out = tmp_path / "table.md"
     argv = ["eval", "table", "--results", str(tmp_path / "results.json"), "--geneval-results",
             str(tmp_path / "geneval.jsonl"), "--fid-json", str(tmp_path / "fid.json"), "--output", str(out)]  # fmt: skip
     assert main(argv) == 0
-    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:5]] for line in out.read_text().splitlines()[2:]}
+    lines = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:5]]
+        for line in out.read_text().splitlines()[2:]
+    }
     assert lines == {
         "POPE": ["85.00", "87.6"], "MME-P": ["1400.50", "1414"], "MMMU": ["40.00", "44.3"],
         "OCRBench": ["500.00", "—"], "GenEval": ["0.75", "0.72"], "MJHQ-30k FID": ["7.25", "6"],
@@ -98,8 +105,10 @@ def test_score_table(tmp_path, capsys):
 def test_understanding_runs_lmms_eval_with_the_plugin(tmp_path, monkeypatch, tiny_origin_dir):  # noqa: F811
     """A real lmms-eval run on a tiny local MME-style task: batched model, --limit, results, settings."""
     rng = np.random.default_rng(0)
-    questions = (("Is there a cat in the image? Please answer yes or no.", "Yes"),
-                 ("Is there a dog in the image? Please answer yes or no.", "No"))  # MME: two per image
+    questions = (
+        ("Is there a cat in the image? Please answer yes or no.", "Yes"),
+        ("Is there a dog in the image? Please answer yes or no.", "No"),
+    )  # MME: two per image
     docs = [{"question_id": f"{k}.png", "image": Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)),
              "question": question, "answer": answer, "category": "existence"}
             for k in range(2) for question, answer in questions]  # fmt: skip

@@ -23,11 +23,20 @@ HELP = "benchmarks: GenEval, DPG-Bench, MJHQ-30k FID, GEdit-Bench, ImgEdit, unde
 
 # suite -> (module:function that runs it, one-line help)
 SUITES = {
-    "geneval": ("illume.eval.suites.geneval:run", "GenEval evaluation_metadata.jsonl -> <index>/samples/<k>.png"),
+    "geneval": (
+        "illume.eval.suites.geneval:run",
+        "GenEval evaluation_metadata.jsonl -> <index>/samples/<k>.png",
+    ),
     "dpg": ("illume.eval.suites.dpg:run", "DPG-Bench prompts/*.txt -> images/<item_id>.png (2x2 grids)"),
-    "mjhq-fid": ("illume.eval.suites.mjhq:run", "MJHQ-30k meta_data.json -> images/<category>/<id>.png + FID"),
+    "mjhq-fid": (
+        "illume.eval.suites.mjhq:run",
+        "MJHQ-30k meta_data.json -> images/<category>/<id>.png + FID",
+    ),
     "fid": ("illume.eval.suites.fid:run", "FID between two image folders"),
-    "gedit": ("illume.eval.suites.editing:run_gedit", "GEdit-Bench -> fullset/<task_type>/<language>/<key>.png"),
+    "gedit": (
+        "illume.eval.suites.editing:run_gedit",
+        "GEdit-Bench -> fullset/<task_type>/<language>/<key>.png",
+    ),
     "imgedit": ("illume.eval.suites.editing:run_imgedit", "ImgEdit basic_edit.json -> images/<key>.png"),
     "understanding": ("illume.eval.suites.understanding:run_understanding", "lmms-eval on the paper's suite"),
     "table": ("illume.eval.suites.understanding:run_table", "scores beside the paper's ILLUME+ 3B numbers"),
@@ -68,11 +77,15 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="torch device (default: this rank's GPU, else CPU)")
     group.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     group.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly even on CUDA")
-    group.add_argument("--speculative", type=_option_value, help="speculative decoding option of the pipeline")
+    group.add_argument(
+        "--speculative", type=_option_value, help="speculative decoding option of the pipeline"
+    )
     group.add_argument("--quantize", type=_option_value, help="weight quantization option of the pipeline")
 
 
-def _add_run(parser: argparse.ArgumentParser, defaults: dict[str, float], resolution: tuple[int, int] | None) -> None:
+def _add_run(
+    parser: argparse.ArgumentParser, defaults: dict[str, float], resolution: tuple[int, int] | None
+) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--output-dir", type=Path, required=True, help="where the scorer-ready outputs go")
     group.add_argument("--limit", type=int, help="only the first N items (smoke run)")
@@ -85,33 +98,49 @@ def _add_run(parser: argparse.ArgumentParser, defaults: dict[str, float], resolu
     )
     group.add_argument("--resolution", type=_size, default=resolution, help=size_help)
     sampling = parser.add_argument_group("sampling (the paper's defaults)")
-    sampling.add_argument("--cfg-scale", type=float, default=defaults["cfg"], help=f"LLM CFG (default {defaults['cfg']})")
+    sampling.add_argument(
+        "--cfg-scale", type=float, default=defaults["cfg"], help=f"LLM CFG (default {defaults['cfg']})"
+    )
     sampling.add_argument("--temperature", type=float, default=defaults["t"], help=f"default {defaults['t']}")
-    sampling.add_argument("--top-k", type=int, default=int(defaults["k"]), help=f"default {int(defaults['k'])}")
+    sampling.add_argument(
+        "--top-k", type=int, default=int(defaults["k"]), help=f"default {int(defaults['k'])}"
+    )
     sampling.add_argument("--top-p", type=float, default=defaults["p"], help=f"default {defaults['p']}")
     sampling.add_argument(
-        "--official-double-sampling", action="store_true", help="reproduce the official scripts' second T/top-k/top-p"
+        "--official-double-sampling",
+        action="store_true",
+        help="reproduce the official scripts' second T/top-k/top-p",
     )
     sampling.add_argument("--decoder", choices=("dualvitok", "sdxl"), default="dualvitok")
-    sampling.add_argument("--diffusion-cfg-scale", type=float, default=2.0, help="SDXL guidance (default 2.0)")
+    sampling.add_argument(
+        "--diffusion-cfg-scale", type=float, default=2.0, help="SDXL guidance (default 2.0)"
+    )
     sampling.add_argument("--diffusion-steps", type=int, default=50, help="SDXL steps (default 50)")
 
 
 def _add_features(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--features", default="inception", help="feature extractor (default: FID Inception-v3)")
-    parser.add_argument("--inception-weights", help="local weights-inception-2015-12-05-6726825d.pth (torch-fidelity)")
+    parser.add_argument(
+        "--features", default="inception", help="feature extractor (default: FID Inception-v3)"
+    )
+    parser.add_argument(
+        "--inception-weights", help="local weights-inception-2015-12-05-6726825d.pth (torch-fidelity)"
+    )
 
 
 def _configure_suite(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "geneval":
-        parser.add_argument("--metadata", type=Path, required=True, help="GenEval prompts/evaluation_metadata.jsonl")
+        parser.add_argument(
+            "--metadata", type=Path, required=True, help="GenEval prompts/evaluation_metadata.jsonl"
+        )
         parser.add_argument("--samples", type=int, default=4, help="images per prompt (default 4)")
     elif name == "dpg":
         parser.add_argument("--prompts", type=Path, required=True, help="ELLA dpg_bench/prompts folder")
         parser.add_argument("--samples", type=int, default=4, help="images per prompt grid, 1-4 (default 4)")
     elif name == "mjhq-fid":
         parser.add_argument("--meta", type=Path, required=True, help="MJHQ-30K meta_data.json")
-        parser.add_argument("--reference-dir", type=Path, help="MJHQ-30K mjhq30k_imgs folder (<category>/<id>.jpg)")
+        parser.add_argument(
+            "--reference-dir", type=Path, help="MJHQ-30K mjhq30k_imgs folder (<category>/<id>.jpg)"
+        )
         parser.add_argument("--fid-batch-size", type=int, default=32)
         _add_features(parser)
     elif name == "gedit":
@@ -119,7 +148,9 @@ def _configure_suite(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--image-column", default="input_image_raw", help="input image column")
         parser.add_argument("--language", choices=("en", "cn", "all"), default="all")
     elif name == "imgedit":
-        parser.add_argument("--edit-json", type=Path, required=True, help="ImgEdit Benchmark/Basic/basic_edit.json")
+        parser.add_argument(
+            "--edit-json", type=Path, required=True, help="ImgEdit Benchmark/Basic/basic_edit.json"
+        )
         parser.add_argument("--image-root", type=Path, required=True, help="folder of the original images")
     if name in ("geneval", "dpg", "mjhq-fid"):
         _add_model(parser)
@@ -128,7 +159,10 @@ def _configure_suite(name: str, parser: argparse.ArgumentParser) -> None:
         _add_model(parser)
         _add_run(parser, EDIT_DEFAULTS, None)
         parser.add_argument(
-            "--anchors", type=_sizes, default=None, help="comma list of HxW anchors (default: the 11 official ones)"
+            "--anchors",
+            type=_sizes,
+            default=None,
+            help="comma list of HxW anchors (default: the 11 official ones)",
         )
     elif name == "fid":
         parser.add_argument("generated", type=Path)
@@ -140,7 +174,9 @@ def _configure_suite(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", required=True, help="MLLM checkpoint folder")
         parser.add_argument("--dualvitok", help="DualViTok checkpoint (not needed to answer questions)")
         parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-        parser.add_argument("--tasks", default="illume_plus_paper", help="lmms-eval tasks or groups (comma list)")
+        parser.add_argument(
+            "--tasks", default="illume_plus_paper", help="lmms-eval tasks or groups (comma list)"
+        )
         parser.add_argument("--output-dir", type=Path, required=True)
         parser.add_argument("--batch-size", type=int, default=8)
         parser.add_argument("--limit", type=int, help="only the first N documents per task")

@@ -75,13 +75,17 @@ class Shard:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wait_for(self, jobs: Sequence[Any], is_done: Callable[[Any], bool], poll_seconds: float = 2.0) -> None:
+    def wait_for(
+        self, jobs: Sequence[Any], is_done: Callable[[Any], bool], poll_seconds: float = 2.0
+    ) -> None:
         """Return once every job is done (on one rank: at once, they are)."""
         remaining = [job for job in jobs if not is_done(job)]
         reported = time.monotonic()
         while remaining:
             if time.monotonic() - reported > 60:
-                print(f"rank {self.rank}: waiting for {len(remaining)} item(s) of the other ranks", flush=True)
+                print(
+                    f"rank {self.rank}: waiting for {len(remaining)} item(s) of the other ranks", flush=True
+                )
                 reported = time.monotonic()
             time.sleep(poll_seconds)
             remaining = [job for job in remaining if not is_done(job)]
@@ -183,7 +187,9 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
-def record_settings(output_dir: Path, suite: str, generation: dict[str, Any], shard: Shard, **run: Any) -> Path:
+def record_settings(
+    output_dir: Path, suite: str, generation: dict[str, Any], shard: Shard, **run: Any
+) -> Path:
     """Write (rank 0) or check `eval_settings.json`; refuse to resume a run made with other settings."""
     path = output_dir / SETTINGS_FILE
     if path.is_file():
@@ -314,7 +320,9 @@ def model_record(args: Any, device: Any) -> dict[str, Any]:
         "dualvitok": fingerprint(args.dualvitok),
         "dualvitok_config": fingerprint(args.dualvitok_config),
         "sdxl_decoder": fingerprint(args.sdxl_decoder) if args.decoder == "sdxl" else None,
-        "dtype": str(resolve_dtype(None if args.dtype == "auto" else args.dtype, chosen)).removeprefix("torch."),
+        "dtype": str(resolve_dtype(None if args.dtype == "auto" else args.dtype, chosen)).removeprefix(
+            "torch."
+        ),
     }
 
 

@@ -55,7 +55,9 @@ def _load_gedit(path: Path, image_column: str) -> list[dict[str, Any]]:
         names = pq.read_schema(file).names
         missing = [name for name in (*GEDIT_FIELDS, image_column) if name not in names]
         if missing:
-            raise UserError(f"--data {file}: not GEdit-Bench (or no --image-column), columns {missing} are missing")
+            raise UserError(
+                f"--data {file}: not GEdit-Bench (or no --image-column), columns {missing} are missing"
+            )
         rows += pq.read_table(file, columns=[*GEDIT_FIELDS, image_column]).to_pylist()
     return rows
 
@@ -80,9 +82,13 @@ def gedit_jobs(path: Path, image_column: str, language: str, seed: int) -> list[
         data = _image_bytes(row[image_column], f"--data {path} row {index} ({image_column})")
         with Image.open(io.BytesIO(data)) as header:
             size = header.size
-        task, lang, key = (str(row[f]).translate(SAFE_NAME) for f in ("task_type", "instruction_language", "key"))
+        task, lang, key = (
+            str(row[f]).translate(SAFE_NAME) for f in ("task_type", "instruction_language", "key")
+        )
         target = Path("fullset", task, lang, f"{key}.png")
-        job = EditJob(str(target), str(row["instruction"]).strip(), seed + index, size, lambda d=data: _decoded(d))
+        job = EditJob(
+            str(target), str(row["instruction"]).strip(), seed + index, size, lambda d=data: _decoded(d)
+        )
         jobs.append((job, target))
     return jobs
 
@@ -100,7 +106,9 @@ def run_gedit(args: Any) -> int:
         write=lambda job, image: atomic_save(image, out / targets[job.key]),
     )
     if shard.is_main:
-        print(f"GEdit-Bench edits in {out}/fullset/<task_type>/<language>/<key>.png (Step1X-Edit GEdit-Bench layout);")
+        print(
+            f"GEdit-Bench edits in {out}/fullset/<task_type>/<language>/<key>.png (Step1X-Edit GEdit-Bench layout);"
+        )
         print("  score them with GEdit-Bench's VIEScore evaluation (see static/docs/evaluation.md)")
     return 0
 
@@ -108,7 +116,9 @@ def run_gedit(args: Any) -> int:
 # ---------------------------------------------------------------------------------------------
 # ImgEdit
 def imgedit_jobs(edit_json: Path, image_root: Path, seed: int) -> list[EditJob]:
-    table = read_entries(edit_json, "--edit-json", "ImgEdit's Benchmark/Basic/basic_edit.json", ("id", "prompt"))
+    table = read_entries(
+        edit_json, "--edit-json", "ImgEdit's Benchmark/Basic/basic_edit.json", ("id", "prompt")
+    )
     if not image_root.is_dir():
         raise UserError(f"--image-root {image_root}: no such folder (ImgEdit's original benchmark images)")
     jobs = []
@@ -118,7 +128,15 @@ def imgedit_jobs(edit_json: Path, image_root: Path, seed: int) -> list[EditJob]:
             raise UserError(f"--edit-json {edit_json}: entry {key!r}: input image {source} not found")
         with Image.open(source) as header:
             size = header.size
-        jobs.append(EditJob(str(key).translate(SAFE_NAME), entry["prompt"].strip(), seed + index, size, lambda s=source: _load(s)))
+        jobs.append(
+            EditJob(
+                str(key).translate(SAFE_NAME),
+                entry["prompt"].strip(),
+                seed + index,
+                size,
+                lambda s=source: _load(s),
+            )
+        )
     return jobs
 
 

@@ -39,9 +39,7 @@ __all__ = [
     "run",
 ]
 
-INCEPTION_WEIGHTS_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
-)
+INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # uint8 images [N, 3, H, W] (one size per call) -> features [N, D]
@@ -76,7 +74,9 @@ def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov
     mean1, mean2 = np.atleast_1d(np.asarray(mean1, np.float64)), np.atleast_1d(np.asarray(mean2, np.float64))
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
     if mean1.shape != mean2.shape or cov1.shape != cov2.shape or cov1.shape != (mean1.size, mean1.size):
-        raise ValueError(f"shapes do not match: means {mean1.shape} {mean2.shape}, covariances {cov1.shape} {cov2.shape}")
+        raise ValueError(
+            f"shapes do not match: means {mean1.shape} {mean2.shape}, covariances {cov1.shape} {cov2.shape}"
+        )
     root = _psd_sqrt(cov1)
     middle = root @ cov2 @ root
     cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
@@ -94,7 +94,9 @@ def fit_gaussian(features: np.ndarray) -> GaussianFit:
 
 # ---------------------------------------------------------------------------------------------
 # feature extractors
-def register_feature_extractor(name: str, factory: Callable[[str | None, torch.device], FeatureExtractor]) -> None:
+def register_feature_extractor(
+    name: str, factory: Callable[[str | None, torch.device], FeatureExtractor]
+) -> None:
     """`factory(weights_path, device)` builds the extractor when a run asks for `name`."""
     _EXTRACTORS[name] = factory
 
@@ -127,9 +129,13 @@ def _inception(weights: str | None, device: torch.device) -> FeatureExtractor:
 register_feature_extractor("inception", _inception)
 
 
-def feature_extractor(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+def feature_extractor(
+    name: str, weights: str | None = None, device: str | torch.device = "cpu"
+) -> FeatureExtractor:
     if name not in _EXTRACTORS:
-        raise UserError(f"--features {name!r}: unknown feature extractor; choose one of {sorted(_EXTRACTORS)}")
+        raise UserError(
+            f"--features {name!r}: unknown feature extractor; choose one of {sorted(_EXTRACTORS)}"
+        )
     return _EXTRACTORS[name](weights, torch.device(device))
 
 
@@ -178,7 +184,9 @@ def fid_of_features(generated: np.ndarray, reference: np.ndarray) -> FIDResult:
     return FIDResult(frechet_distance(a.mean, a.cov, b.mean, b.cov), len(generated), len(reference))
 
 
-def folder_fid(generated: Sequence[Path], reference: Sequence[Path], extractor: FeatureExtractor) -> FIDResult:
+def folder_fid(
+    generated: Sequence[Path], reference: Sequence[Path], extractor: FeatureExtractor
+) -> FIDResult:
     return fid_of_features(extract_features(generated, extractor), extract_features(reference, extractor))
 
 
@@ -188,7 +196,11 @@ def run(args: Any) -> int:
 
     extractor = feature_extractor(args.features, args.inception_weights, args.device or "cpu")
     result = folder_fid(image_files(args.generated), image_files(args.reference), extractor)
-    record = {"features": args.features, "generated_dir": str(args.generated), "reference_dir": str(args.reference)}
+    record = {
+        "features": args.features,
+        "generated_dir": str(args.generated),
+        "reference_dir": str(args.reference),
+    }
     record.update(result.to_dict())
     text = json.dumps(record, indent=2)
     if args.output is not None:

@@ -53,7 +53,8 @@ def run(args: Any) -> int:
     rows = read_metadata(args.metadata)
     out: Path = args.output_dir
     jobs = [
-        T2IJob(f"{i:05d}", row["prompt"], args.samples, args.seed + i * args.samples) for i, row in enumerate(rows)
+        T2IJob(f"{i:05d}", row["prompt"], args.samples, args.seed + i * args.samples)
+        for i, row in enumerate(rows)
     ]
 
     def is_done(job: T2IJob) -> bool:

@@ -26,10 +26,14 @@ from illume.eval.suites.common import (
 
 __all__ = ["read_meta", "reference_image", "run"]
 
+
 def read_meta(path: Path) -> list[tuple[str, str, str]]:
     """(id, category, prompt) in file order."""
     table = read_entries(path, "--meta", "MJHQ-30K's meta_data.json", ("category", "prompt"))
-    return [(str(k).translate(SAFE_NAME), e["category"].translate(SAFE_NAME), e["prompt"]) for k, e in table.items()]
+    return [
+        (str(k).translate(SAFE_NAME), e["category"].translate(SAFE_NAME), e["prompt"])
+        for k, e in table.items()
+    ]
 
 
 def reference_image(reference_dir: Path, category: str, key: str) -> Path | None:
@@ -72,7 +76,10 @@ def _score(args: Any, items: list[tuple[str, str, str]], images_dir: Path, devic
 def run(args: Any) -> int:
     items = read_meta(args.meta)
     images_dir: Path = args.output_dir / "images"
-    jobs = [T2IJob(f"{category}/{key}", prompt, 1, args.seed + i) for i, (key, category, prompt) in enumerate(items)]
+    jobs = [
+        T2IJob(f"{category}/{key}", prompt, 1, args.seed + i)
+        for i, (key, category, prompt) in enumerate(items)
+    ]
     shard = run_generation_suite(
         args,
         "mjhq-fid",

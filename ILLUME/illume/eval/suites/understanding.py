@@ -149,7 +149,9 @@ def run_understanding(args: Any) -> int:
         "limit": args.limit,
         "command": command,
     }
-    (args.output_dir / "eval_settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    (args.output_dir / "eval_settings.json").write_text(
+        json.dumps(settings, indent=2) + "\n", encoding="utf-8"
+    )
     status = subprocess.run(command, check=False, env=lmms_eval_env()).returncode
     if status != 0:
         return status
@@ -182,7 +184,9 @@ def geneval_overall(results_jsonl: Path) -> float:
         if line.strip():
             row = json.loads(line)
             if "tag" not in row or "correct" not in row:
-                raise UserError(f"{results_jsonl}:{number}: not a GenEval result line (needs 'tag' and 'correct')")
+                raise UserError(
+                    f"{results_jsonl}:{number}: not a GenEval result line (needs 'tag' and 'correct')"
+                )
             per_tag.setdefault(row["tag"], []).append(bool(row["correct"]))
     if not per_tag:
         raise UserError(f"{results_jsonl}: no GenEval result lines")
