@@ -71,10 +71,15 @@ def test_generation_speed_tiny_times_engine_jacobi_and_official(tmp_path: Path) 
 
 def test_train_throughput_tiny_reports_tokens_per_second(tmp_path: Path) -> None:
     report = tmp_path / "result.json"
-    stdout = _run("train_throughput.py", "--tiny", "--batch-size", "1", "--image-size", "32", "--prompt-len", "1",
-                  "--steps", "1", "--warmup", "0", "--json", str(report))
+    stdout = _run("train_throughput.py", "--tiny", "--batch-size", "2", "--image-size", "48", "--prompt-len", "2",
+                  "--steps", "1", "--warmup", "0", "--no-deepspeed", "--json", str(report))
     result = json.loads(report.read_text())
     assert json.loads(stdout) == result  # printed and written alike
-    assert (result["shapes"], result["batch_size"], result["image_size"]) == ("tiny", 1, 32)
-    assert result["seconds_per_step"] > 0 and result["model_tflop_per_step"] > 0
-    assert result["tokens_per_s"] == pytest.approx(result["positions_per_step"] / result["seconds_per_step"])
+    assert (result["shapes"], result["batch_size"], result["image_sides"]) == ("tiny", 2, [48, 32])
+    official, best = result["settings"]["official"], result["settings"]["best"]
+    assert official["positions_per_step"] == best["positions_per_step"]  # the same samples, two recipes
+    for row in (official, best):
+        assert row["seconds_per_step"] > 0 and row["peak_memory_gib"] >= 0
+        assert row["tokens_per_s"] == pytest.approx(row["positions_per_step"] / row["seconds_per_step"])
+    assert best["model_tflop_per_step"] > 0
+    assert result["speedup"] == pytest.approx(official["seconds_per_step"] / best["seconds_per_step"])
