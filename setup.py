@@ -25,6 +25,7 @@ extras = {
     "train": ["tensorboard>=2.14", "accelerate>=1.0", "scikit-image>=0.22", "peft>=0.18"],
     "eval": ["torch-fidelity>=0.3", "scikit-image>=0.22", "pyarrow>=14"],
     "decoder": ["diffusers>=0.31"],
+    "quantize": ["torchao>=0.18"],  # --quantize int8/fp8: weight-only LLM quantization
     "demo": ["gradio>=6"],
     "quickstart": ["matplotlib>=3.7", "scikit-image>=0.22"],
     "npu": ["torch_npu"],
@@ -38,9 +39,11 @@ extras = {
 # The extras that `all` leaves out, and why: `eval` (torch-fidelity): PyPI's torchvision wheel
 # installs beside the CPU torch but cannot be imported with it (`operator torchvision::nms does not
 # exist`), so install it with the torchvision build that matches your torch; `deepspeed` needs
-# `--no-build-isolation` (scripts/install.sh does that); `npu` and `flash` need their hardware.
+# `--no-build-isolation` (scripts/install.sh does that); `npu` and `flash` need their hardware;
+# `quantize` (torchao): once installed, transformers imports it with every model load and on a
+# CPU-only torch it logs CUDA-extension warnings to stderr, which clutters every CLI's output.
 # Every other extra is in `all`, so a new extra is installed by the README's set-up command.
-_NOT_IN_ALL = ("eval", "deepspeed", "npu", "flash")
+_NOT_IN_ALL = ("eval", "deepspeed", "npu", "flash", "quantize")
 extras["all"] = sorted({dep for name, deps in extras.items() if name not in _NOT_IN_ALL for dep in deps})
 
 setup(

@@ -89,6 +89,10 @@ def _add_model_flags(parser: argparse.ArgumentParser, needs_decoder: bool) -> No
     )
     add_option(group, "--no-cuda-graphs", "--no_cuda_graphs", dest="no_cuda_graphs", action="store_true",
                help="decode eagerly even on CUDA")
+    group.add_argument("--quantize", choices=("none", "int8", "fp8"), default="none",
+                       help="weight-only quantization of the LLM layers (torchao; fp8 needs a Hopper/Ada GPU)")
+    group.add_argument("--offload", action="store_true",
+                       help="keep DualViTok and the SDXL decoder on the CPU except while they decode")
     group.add_argument(
         "--seed", type=int, default=42, help="random seed; image/row i uses seed+i (default 42)"
     )
@@ -210,6 +214,8 @@ def _load_pipeline(args: argparse.Namespace) -> Any:
         device=args.device,
         dtype=None if args.dtype == "auto" else args.dtype,
         use_cuda_graphs=False if args.no_cuda_graphs else None,
+        quantize=args.quantize,
+        offload=args.offload,
     )
 
 

@@ -205,3 +205,16 @@ def test_speculative_knob_keeps_greedy_codes_in_fewer_forward_passes(pipe):
     assert 0 < counts["jacobi"] < counts["none"]
     with pytest.raises(ValueError, match="speculative must be one of"):
         pipe.generate_codes(prompts[0], resolution=(128, 128), speculative="medusa")
+
+
+def test_offloaded_decoder_returns_to_the_cpu_and_decodes_alike(pipe, tiny_origin_dir, tiny_dualvitok_dir):  # noqa: F811
+    offloaded = IllumePipeline.from_pretrained(
+        tiny_origin_dir, dualvitok=tiny_dualvitok_dir, device="cpu", offload=True, quantize="none"
+    )
+    codes = pipe.generate_codes("a red ball", resolution=(64, 64))
+    moves = []
+    original_to = offloaded.dualvitok.to
+    offloaded.dualvitok.to = lambda device: (moves.append(str(device)), original_to(device))[1]
+    image = offloaded.decode(codes)[0]
+    assert moves == ["cpu", "cpu"]  # to the pipeline's device for the call, then back
+    assert list(image.getdata()) == list(pipe.decode(codes)[0].getdata())

@@ -31,6 +31,7 @@ from vision_tokenizer.data.image_io import tensor_to_image
 from illume.data.conversation import ASSISTANT, USER, get_template
 from illume.inference.engine import GenerationEngine, PromptEmbeddings, RowSpec
 from illume.inference.images import PaddedImage, pad_to_anchor, understanding_tensor, unpad_to_original
+from illume.inference.offload import resident
 from illume.inference.prompts import (
     EDITING,
     RANDOM_IMAGE,
@@ -126,6 +127,7 @@ class IllumePipeline:
         sdxl_decoder: `DualViTokSDXLDecoderPipeline` for `decoder="sdxl"` (optional).
         template: conversation template name (`qwen2`).
         use_cuda_graphs: capture decode steps as CUDA graphs (default: on CUDA).
+        offload: keep DualViTok and the SDXL decoder on the CPU except while they decode.
     """
 
     def __init__(
@@ -137,8 +139,10 @@ class IllumePipeline:
         *,
         template: str = "qwen2",
         use_cuda_graphs: bool | None = None,
+        offload: bool = False,
     ) -> None:
         self.model = model.eval()
+        self.offload = offload
         self.tokenizer = tokenizer
         self.vocab = ImageVocabulary.from_tokenizer(tokenizer)
         configured = getattr(model.config, "special_tokens_ids", None)
@@ -174,6 +178,7 @@ class IllumePipeline:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         adapter: str | os.PathLike | None = None,
+        quantize: str = "none",
         **kwargs: Any,
     ) -> IllumePipeline:
         """Load an origin-format MLLM folder (config, weights, tokenizer) and optional decoders.
@@ -182,7 +187,9 @@ class IllumePipeline:
         config when the checkpoint has none beside it). `sdxl_decoder`: a decoder pipeline or its
         folder. `device` defaults to CUDA when available; `dtype` to bf16 on CUDA, fp32 on CPU
         (the DualViTok decoder stays in fp32). `adapter`: a LoRA run's output folder, merged into
-        the MLLM (which is then the run's base). Other kwargs go to the pipeline constructor.
+        the MLLM (which is then the run's base). `quantize`: "int8" / "fp8" weight-only
+        quantization of the LLM layers (`inference.quantize`). With `offload=True` the decoders
+        load on the CPU. Other kwargs go to the pipeline constructor.
         """
         from illume.model import IllumeQwen2ForCausalLM
 
@@ -197,18 +204,23 @@ class IllumePipeline:
 
             model = merge_adapter(model, adapter)
         model = model.to(device).eval()
+        if quantize != "none":
+            from illume.inference.quantize import quantize_llm
+
+            quantize_llm(model, quantize)
+        decoder_device = torch.device("cpu") if kwargs.get("offload") else device
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         if isinstance(dualvitok, (str, os.PathLike)):
             from vision_tokenizer.models.dualvitok import DualViTok
 
-            dualvitok = DualViTok.from_pretrained(dualvitok, config=dualvitok_config, device=device)
+            dualvitok = DualViTok.from_pretrained(dualvitok, config=dualvitok_config, device=decoder_device)
         if isinstance(sdxl_decoder, (str, os.PathLike)):
             from vision_tokenizer.sdxl import DualViTokSDXLDecoderPipeline
 
             if dualvitok is None:
                 raise ValueError("the SDXL decoder needs the DualViTok: pass dualvitok= as well")
             sdxl_decoder = DualViTokSDXLDecoderPipeline.from_pretrained(sdxl_decoder, dualvitok=dualvitok).to(
-                device
+                decoder_device
             )
         return cls(model, tokenizer, dualvitok, sdxl_decoder, **kwargs)
 
@@ -616,7 +628,23 @@ class IllumePipeline:
         groups: dict[tuple, list[int]] = {}
         for i, c in enumerate(codes):
             groups.setdefault((tuple(c.semantic.shape), tuple(c.pixel.shape)), []).append(i)
-        device = self.dualvitok.device
+        used = self.dualvitok if decoder == "dualvitok" else self.sdxl_decoder
+        with resident(used, self.device, self.offload):
+            self._decode_groups(codes, groups, decoder, diffusion_cfg_scale, diffusion_steps, seeds, out)
+        return out
+
+    def _decode_groups(
+        self,
+        codes: Sequence[ImageCodes],
+        groups: dict[tuple, list[int]],
+        decoder: str,
+        diffusion_cfg_scale: float,
+        diffusion_steps: int,
+        seeds: list[int],
+        out: list[Image.Image | None],
+    ) -> None:
+        """Decode each group of same-shaped codes in one batch into `out`."""
+        device = (self.dualvitok if decoder == "dualvitok" else self.sdxl_decoder).device
         for members in groups.values():
             semantic = torch.stack([codes[i].semantic for i in members]).to(device)
             pixel = torch.stack([codes[i].pixel for i in members]).to(device)
@@ -635,7 +663,6 @@ class IllumePipeline:
                 ).images
             for i, image in zip(members, images):
                 out[i] = image
-        return out
 
 
 def _left_aligned(embeds: torch.Tensor, mask: torch.Tensor) -> PromptEmbeddings:
