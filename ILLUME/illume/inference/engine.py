@@ -36,6 +36,7 @@ from illume.inference.sampling import (
     PhaseTable,
     SamplingConfig,
     cfg_combine,
+    penalize_repeats,
     sample_tokens,
     step_keys,
 )
@@ -261,13 +262,22 @@ class GenerationEngine:
         return pattern
 
     def _select(
-        self, pattern: _Pattern, logits: torch.Tensor | None, keys: torch.Tensor, sampling: SamplingConfig
+        self,
+        pattern: _Pattern,
+        logits: torch.Tensor | None,
+        keys: torch.Tensor,
+        sampling: SamplingConfig,
+        seen: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The next token of every conditional row (rows,), on the device."""
+        """The next token of every conditional row (rows,), on the device; `seen` (rows, ids) marks
+        the ids each row generated, for `sampling.repetition_penalty`."""
         if pattern.span is None:
             return pattern.forced
         batch = pattern.forced.shape[0]
         scores = logits[:batch]
+        if seen is not None:
+            lo, hi = pattern.span
+            scores = penalize_repeats(scores, seen[:, lo:hi], sampling.repetition_penalty)
         if pattern.cfg_rows is not None:
             guided = cfg_combine(scores, logits[batch:], sampling.cfg_scale)
             scores = guided if pattern.cfg_all else torch.where(pattern.cfg_rows[:, None], guided, scores)
@@ -326,8 +336,14 @@ class GenerationEngine:
         image_start: dict[int, tuple[int, int]] = {}
         keys = keys.to(self.device)
         slot = prompt_len
+        seen = None
+        if sampling.repetition_penalty != 1.0:
+            width = self.model.get_output_embeddings().weight.shape[0]
+            seen = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
         for step in range(steps):
-            tokens = self._select(pattern, logits, step_keys(keys, step), sampling)
+            tokens = self._select(pattern, logits, step_keys(keys, step), sampling, seen)
+            if seen is not None:
+                seen[torch.arange(batch, device=self.device), tokens] = True
             host = tokens.tolist() if any(s.needs_host for s in states) else None
             active = [not s.done for s in states]
             visible = list(active) + ([False] * batch if cfg else [])
@@ -390,7 +406,8 @@ class GenerationEngine:
         """
         if speculative not in SPECULATIVE_MODES:
             raise ValueError(f"speculative must be one of {SPECULATIVE_MODES}, got {speculative!r}")
-        if rows and all(r.image is not None for r in rows):
+        # The windowed image path has no repetition penalty; with one, image rows step one by one.
+        if rows and all(r.image is not None for r in rows) and sampling.repetition_penalty == 1.0:
             return self._generate_images(prompt, rows, sampling, keys, on_step, speculative, window)
         columns, masks = [], []
         for tokens, active in self.stream(prompt, rows, sampling, keys, max_new_tokens=max_new_tokens):

@@ -53,6 +53,7 @@ from illume.inference.validation import (
     supported_resolutions,
 )
 from illume.model.configuration_illume import VisionTowerConfig
+from illume.model.generation_defaults import GenerationDefaults
 from illume.vocab import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, RATIOS, ImageGrid, ImageVocabulary
 
 __all__ = ["ImageCodes", "ChatReply", "IllumePipeline", "resolve_dtype"]
@@ -140,8 +141,10 @@ class IllumePipeline:
         template: str = "qwen2",
         use_cuda_graphs: bool | None = None,
         offload: bool = False,
+        generation_defaults: GenerationDefaults | None = None,
     ) -> None:
         self.model = model.eval()
+        self.generation_defaults = generation_defaults or GenerationDefaults()
         self.offload = offload
         self.tokenizer = tokenizer
         self.vocab = ImageVocabulary.from_tokenizer(tokenizer)
@@ -179,6 +182,7 @@ class IllumePipeline:
         dtype: str | torch.dtype | None = None,
         adapter: str | os.PathLike | None = None,
         quantize: str = "none",
+        use_generation_config: bool = True,
         **kwargs: Any,
     ) -> IllumePipeline:
         """Load an origin-format MLLM folder (config, weights, tokenizer) and optional decoders.
@@ -222,6 +226,7 @@ class IllumePipeline:
             sdxl_decoder = DualViTokSDXLDecoderPipeline.from_pretrained(sdxl_decoder, dualvitok=dualvitok).to(
                 decoder_device
             )
+        kwargs.setdefault("generation_defaults", GenerationDefaults.from_folder(path, use_generation_config))
         return cls(model, tokenizer, dualvitok, sdxl_decoder, **kwargs)
 
     @property
@@ -254,13 +259,27 @@ class IllumePipeline:
         blocks = sum(ImageGrid.for_resolution(*image.shape[-2:]).num_tokens for image in images)
         check_prompt_length(len(ids) - ids.count(IMAGE_TOKEN_INDEX) + blocks, new_tokens, self.context)
 
-    @staticmethod
-    def _text_sampling(temperature: float, top_k: int, top_p: float, do_sample: bool) -> SamplingConfig:
-        """Checked text sampling; temperature 0 means greedy."""
-        knobs = check_sampling(temperature, top_k, top_p)
+    def _text_sampling(
+        self,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        do_sample: bool | None,
+        repetition_penalty: float | None = None,
+    ) -> SamplingConfig:
+        """Checked text sampling; knobs left None come from the checkpoint's generation_config.json
+        (`GenerationDefaults`, as HF `generate` merges it), temperature 0 means greedy."""
+        given = self.generation_defaults.resolve(
+            temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample, repetition_penalty=repetition_penalty
+        )
+        knobs = check_sampling(given["temperature"], given["top_k"], given["top_p"])
+        do_sample = given["do_sample"]
         if knobs["temperature"] == 0:
             knobs["temperature"], do_sample = 1.0, False
-        return SamplingConfig.create(knobs["temperature"], knobs["top_k"], knobs["top_p"], do_sample=do_sample)
+        return SamplingConfig.create(
+            knobs["temperature"], knobs["top_k"], knobs["top_p"], do_sample=do_sample,
+            repetition_penalty=given["repetition_penalty"],
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ understanding
     def stream_chat(
@@ -294,15 +313,16 @@ class IllumePipeline:
         images: Sequence[Image.Image],
         *,
         max_new_tokens: int = 512,
-        temperature: float = 1.0,
-        top_k: int = 50,
-        top_p: float = 1.0,
-        do_sample: bool = False,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        do_sample: bool | None = None,
+        repetition_penalty: float | None = None,
         seed: int = 42,
         allow_images: bool = False,
         image_resolution: tuple[int, int] = (512, 512),
     ) -> Iterator[tuple[str, list[int]]]:
-        sampling = self._text_sampling(temperature, top_k, top_p, do_sample)
+        sampling = self._text_sampling(temperature, top_k, top_p, do_sample, repetition_penalty)
         max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
         image_resolution = check_resolution(image_resolution, self.resolutions, "image_resolution")
         roles = {"user": USER, "assistant": ASSISTANT}
@@ -356,19 +376,21 @@ class IllumePipeline:
         question: str | Sequence[str],
         *,
         max_new_tokens: int = 512,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 50,
-        do_sample: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        do_sample: bool | None = None,
+        repetition_penalty: float | None = None,
         seed: int | Sequence[int] = 42,
     ) -> list[str]:
         """Answer questions about images, batched: one answer per row.
 
         `images`: one image, or one entry per row (an image, a list of images, or None);
         `question`: one string for every row, or one per row (plain text: the images go before it).
-        Greedy unless `do_sample`.
+        Sampling knobs left None: the checkpoint's generation_config.json, else greedy (T 1.0,
+        top-k 50, top-p 1.0); `repetition_penalty` likewise (else 1.0, off).
         """
-        sampling = self._text_sampling(temperature, top_k, top_p, do_sample)
+        sampling = self._text_sampling(temperature, top_k, top_p, do_sample, repetition_penalty)
         max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
         if isinstance(images, Image.Image) or images is None:
             images = [images]
@@ -403,6 +425,9 @@ class IllumePipeline:
             if options:
                 raise TypeError(f"pass either sampling= or sampling keywords, not both ({sorted(options)})")
             return sampling
+        # The checkpoint's repetition penalty applies to image codes too, as in HF `generate`.
+        penalty = self.generation_defaults.resolve(repetition_penalty=options.get("repetition_penalty"))
+        options["repetition_penalty"] = penalty["repetition_penalty"]
         knobs = check_sampling(temperature, top_k, top_p, options)
         if knobs["temperature"] == 0:
             knobs["temperature"], options["do_sample"] = 1.0, False

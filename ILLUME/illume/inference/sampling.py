@@ -29,6 +29,7 @@ __all__ = [
     "SamplingParams",
     "SamplingConfig",
     "cfg_combine",
+    "penalize_repeats",
     "row_keys",
     "step_keys",
     "gumbel_noise",
@@ -68,6 +69,9 @@ class SamplingConfig:
     do: their own processor applies the phase's temperature/top-k/top-p, then transformers' warpers
     apply the *text* values again (effective temperature T_phase·T_text, top-k min(k_phase, k_text),
     top-p twice). Off by default: the intended behaviour is a single application.
+    `repetition_penalty` (1.0: off) is transformers' penalty on the ids a row has generated, applied to
+    the conditional logits before guidance, as HF `generate` applies a checkpoint's
+    `generation_config.json` before the official custom processors.
     """
 
     text: SamplingParams = field(default_factory=lambda: SamplingParams(1.0, 50, 1.0))
@@ -76,10 +80,13 @@ class SamplingConfig:
     cfg_scale: float = 1.0
     do_sample: bool = True
     official_double_sampling: bool = False
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.cfg_scale > 0:
             raise ValueError(f"cfg_scale must be > 0, got {self.cfg_scale}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     @classmethod
     def create(
@@ -97,6 +104,7 @@ class SamplingConfig:
         pixel_top_p: float | None = None,
         do_sample: bool = True,
         official_double_sampling: bool = False,
+        repetition_penalty: float = 1.0,
     ) -> SamplingConfig:
         """Fill unset image values like the official `InferenceConfig`.
 
@@ -114,7 +122,7 @@ class SamplingConfig:
             3 * semantic.top_k if pixel_top_k is None else pixel_top_k,
             semantic.top_p if pixel_top_p is None else pixel_top_p,
         )
-        return cls(text, semantic, pixel, cfg_scale, do_sample, official_double_sampling)
+        return cls(text, semantic, pixel, cfg_scale, do_sample, official_double_sampling, repetition_penalty)
 
     def phase(self, phase: int) -> SamplingParams:
         return (self.text, self.semantic, self.pixel)[phase]
@@ -125,6 +133,13 @@ class SamplingConfig:
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale != 1.0
+
+
+def penalize_repeats(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' `RepetitionPenaltyLogitsProcessor` on a slice: ids already generated (`seen`,
+    same shape) have positive scores divided by `penalty` and negative ones multiplied by it."""
+    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalized, scores)
 
 
 def cfg_combine(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, scale: float) -> torch.Tensor:
