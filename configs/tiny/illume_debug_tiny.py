@@ -78,6 +78,8 @@ training_args = dict(
     adam_beta2=0.95,
     model_max_length=2048,
     gradient_checkpointing=True,
+    gradient_checkpointing_kwargs=dict(every_n_layers=1),  # k: only every k-th decoder layer
+    optim='adamw_torch',  # 'adamw_torch_fused': one fused kernel per step (CUDA and CPU)
     bf16=False,
     save_strategy='steps',
     save_steps=1000,

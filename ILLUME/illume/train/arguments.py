@@ -91,8 +91,9 @@ def build_training_arguments(
         kwargs["deepspeed"] = str(resolve(kwargs["deepspeed"]))
     # Batches carry images and dataset names that the model signature does not list.
     kwargs["remove_unused_columns"] = False
-    if kwargs.get("activation_checkpointing") and not kwargs.get("activation_checkpointing_kwargs"):
-        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if kwargs.get("activation_checkpointing"):
+        # `every_n_layers=k` (transformers) checkpoints only every k-th decoder layer.
+        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False, **(kwargs.get("activation_checkpointing_kwargs") or {})}
     args = TrainingArguments(**kwargs)
     for key, value in extras.items():
         setattr(args, key, value)

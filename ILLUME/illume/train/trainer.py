@@ -12,6 +12,10 @@ Differences from the plain Trainer, each for a reason:
   reduced over all ranks): the mean of the token-mean losses of that dataset's samples (with
   liger, which returns only the batch loss, each sample counts with its micro-batch's loss);
 * `group_by_modality_length` uses :class:`ModalityLengthGroupedSampler`;
+* trainable half-precision weights without DeepSpeed are refused (no fp32 master copy); under
+  ZeRO-3 each step checks that all ranks run the pixel encoder equally often (images of
+  different sizes in one batch run it once per image), raising instead of hanging in mismatched
+  gathers — one input image per sample, as in every shipped recipe, always passes;
 * every checkpoint folder also holds the DualViTok architecture (`VQ_CONFIG_FILE`), so it loads
   through `AutoModelForCausalLM.from_pretrained` anywhere.
 """
@@ -27,13 +31,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from transformers import Trainer
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from illume.data.sampler import ModalityLengthGroupedSampler
 from illume.train.checkpoints import staged_save
 from illume.train.model_builder import MODULE_PREFIXES, save_vq_config
 from illume.train.objective import ObjectiveConfig, empty_index, training_objective
 
-__all__ = ["ILLUMETrainer", "parameter_groups"]
+__all__ = ["ILLUMETrainer", "check_master_weights", "check_same_encoder_calls", "parameter_groups", "pixel_encoder_calls"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +80,42 @@ def parameter_groups(
     return groups
 
 
+def check_master_weights(model: nn.Module, deepspeed: bool) -> None:
+    """Trainable half-precision weights need DeepSpeed, which keeps their fp32 master copies.
+
+    Without it the optimizer would update the bf16 tensors themselves and lose small steps;
+    `bf16=True` alone trains fp32 weights under autocast, which is fine.
+    """
+    half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+    if half and not deepspeed:
+        raise ValueError(
+            f"{len(half)} trainable parameters are {dict(model.named_parameters())[half[0]].dtype} "
+            f"(e.g. {half[0]}) without DeepSpeed: load the model in float32 (bf16=True then uses autocast) "
+            "or train with a DeepSpeed config (fp32 master weights)"
+        )
+
+
+def pixel_encoder_calls(images: Sequence[torch.Tensor]) -> int:
+    """How many times the vision tower runs its pixel encoder for these images (or its placeholder):
+    once when they share one size, once per image otherwise (`DualVisionTower._pixel_features`)."""
+    if len(images) <= 1 or all(image.shape == images[0].shape for image in images):
+        return 1
+    return len(images)
+
+
+def check_same_encoder_calls(images: Sequence[torch.Tensor], device: torch.device) -> None:
+    """Under ZeRO-3 every rank must gather the pixel encoder's parameters equally often per step."""
+    mine = torch.tensor([pixel_encoder_calls(images)], device=device)
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    calls = [int(c) for c in every]
+    if len(set(calls)) > 1:
+        raise RuntimeError(
+            f"ZeRO-3: ranks would run the pixel encoder {calls} times this step (a sample with input "
+            "images of different sizes); use ZeRO-2 for such data, or give each sample one input image"
+        )
+
+
 class ILLUMETrainer(Trainer):
     def __init__(self, *args: Any, vq_model_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -87,6 +128,9 @@ class ILLUMETrainer(Trainer):
             chunk_size=int(getattr(self.args, "cross_entropy_chunk_size", 1024)),
             packing=bool(getattr(self.args, "packing", False)),
         )
+        check_master_weights(self.model, bool(self.args.deepspeed))
+        # ZeRO-3 gathers parameters collectively in forward hooks: ranks must run the same modules.
+        self._zero3 = is_deepspeed_zero3_enabled()
 
     # ------------------------------------------------------------------ optimisation
     def learning_rates(self) -> dict[str, float]:
@@ -141,6 +185,8 @@ class ILLUMETrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         names = inputs.pop("dataset_names", None)
+        if self._zero3 and model.training:
+            check_same_encoder_calls(inputs.get("images") or [], self.args.device)
         if "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         device = inputs["labels"].device
