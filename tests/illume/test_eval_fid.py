@@ -93,3 +93,30 @@ def test_fid_command_writes_json(tmp_path, capsys):
     assert record["fid"] == pytest.approx(0.0, abs=1e-9) and record["generated"] == record["reference"] == 3
     assert json.loads(capsys.readouterr().out) == record
     assert main(["eval", "fid", str(reds), str(tmp_path / "missing"), "--features", "test-colour"]) == 2
+
+
+def test_inception_wraps_torch_fidelity_with_the_local_weights(tmp_path, monkeypatch):
+    """torch-fidelity cannot be imported beside the CPU torch here: check the wiring against its API."""
+    import sys
+    import types
+
+    built = {}
+
+    class FeatureExtractorInceptionV3(torch.nn.Module):  # torch-fidelity's signature and output tuple
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            built.update(name=name, features=features_list, weights=feature_extractor_weights_path)
+
+        def forward(self, images):
+            assert images.dtype == torch.uint8 and images.shape[1] == 3
+            return (images.float().mean((2, 3)).repeat(1, 683)[:, :2048],)
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = FeatureExtractorInceptionV3
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"")
+    extract = feature_extractor("inception", str(weights))
+    assert built == {"name": "inception-v3-compat", "features": ["2048"], "weights": str(weights)}
+    assert extract(torch.zeros(2, 3, 40, 50, dtype=torch.uint8)).shape == (2, 2048)
