@@ -40,14 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(job: Job, argv: list[str]) -> int:
+def _run(job: Job, argv: list[str]) -> object:
     parser = job.parser(f"{PROG} {job.name}")
     (parser.parse_known_args if job.known_args else parser.parse_args)(argv)  # --help, usage errors
-    result = importlib.import_module(job.module).main(argv)
-    return result if isinstance(result, int) else 0
+    return importlib.import_module(job.module).main(argv)
 
 
-def _dispatch(argv: list[str]) -> int:
+def _dispatch(argv: list[str]) -> object:
     args = build_parser().parse_args(argv)
     return _run(args.job, args.args)
 

@@ -42,6 +42,7 @@ from vision_tokenizer.data.image_io import ImageLoadError, load_image
 from vision_tokenizer.data.meta_config import DatasetMeta, load_meta_data_config
 from vision_tokenizer.data.records import check_record, record_images
 from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_transform
+from vision_tokenizer.job_args import codebook_inference_parser
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.runtime.atomic import atomic_write_jsonl, atomic_write_text
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
@@ -314,61 +315,7 @@ def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vision_tokenizer.codebook_inference",
-        description="Add DualViTok code grids to generation/editing annotation files (jsonl after tokenizer). "
-        "Run under torchrun to split the records over processes.",
-    )
-    parser.add_argument(
-        "--model_config", required=True, help="tokenizer config (.py/.json) describing the model"
-    )
-    parser.add_argument("--tokenizer_checkpoint", required=True, help="DualViTok weights (file or folder)")
-    parser.add_argument(
-        "--tokenizer_version", default="dualvitok", help="sub-folder naming the tokenizer (default dualvitok)"
-    )
-    parser.add_argument(
-        "--output_dirname", default="jsonl_after_tokenizer", help="output folder below each dataset root"
-    )
-    parser.add_argument(
-        "--data_config",
-        required=True,
-        help="meta-data config json (datasets with tokenizer_inference=true are processed)",
-    )
-    parser.add_argument(
-        "--resolution",
-        type=int,
-        default=512,
-        help="side of the square anchor with --resolution_type fixed (default 512)",
-    )
-    parser.add_argument(
-        "--resolution_type",
-        choices=("fixed", "fixed_anchors"),
-        default="fixed_anchors",
-        help="'fixed': one RxR anchor; 'fixed_anchors': the 11 ILLUME+ aspect-ratio anchors",
-    )
-    parser.add_argument(
-        "--crop_percent_thresh",
-        type=float,
-        default=0.2,
-        help="skip (and report) records whose centre crop would discard more than this fraction",
-    )
-    parser.add_argument(
-        "--torch_dtype", choices=sorted(DTYPES), default="fp32", help="model dtype (default fp32)"
-    )
-    parser.add_argument(
-        "--use-ema", dest="use_ema", action="store_true", help="use the EMA weights of a training checkpoint"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run from its part files"
-    )
-    parser.add_argument(
-        "--batch_size", type=int, default=8, help="images encoded together (equal sizes only)"
-    )
-    parser.add_argument("--device", default=None, help="force a device (cpu, cuda, npu); default: automatic")
-    parser.add_argument(
-        "--local_rank", type=int, default=None, help="accepted for launchers that pass it; unused"
-    )
-    return parser
+    return codebook_inference_parser()  # defined without torch: `dualvitok codebook-inference --help` is instant
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
@@ -382,4 +329,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
 
 
 if __name__ == "__main__":
-    main()
+    from vision_tokenizer.utils.user_errors import run_cli
+
+    sys.exit(run_cli("python -m vision_tokenizer.codebook_inference", main))

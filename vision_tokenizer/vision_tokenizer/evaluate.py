@@ -199,4 +199,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main()
+    from vision_tokenizer.utils.user_errors import run_cli
+
+    sys.exit(run_cli("python -m vision_tokenizer.evaluate", main))

@@ -154,5 +154,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(load_config(config, overrides))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # torchrun ILLUME/illume/train/train.py CONFIG: a bad key is one line, exit 2
+    import sys
+
+    from vision_tokenizer.utils.user_errors import run_cli
+
+    sys.exit(run_cli("illume/train/train.py", main))

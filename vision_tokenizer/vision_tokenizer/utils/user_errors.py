@@ -47,15 +47,20 @@ def require_path(path: object, what: str, folder: bool | None = None) -> None:
         raise UserError(f"{what} {path}: expected a file, got a folder")
 
 
-def run_cli(prog: str, main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
+def _status(result: object) -> int:
+    """A job's return value as an exit status: an int is one; anything else (a summary) means success."""
+    return result if isinstance(result, int) else 0
+
+
+def run_cli(prog: str, main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> int:
     """Call `main(argv without --debug)`; turn a `UserError` into one stderr line and status 2."""
     items = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(items)
     items = [item for item in items if item != DEBUG_FLAG]
     if debug:
-        return int(main(items) or 0)
+        return _status(main(items))
     try:
-        return int(main(items) or 0)
+        return _status(main(items))
     except UserError as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{prog}: error: {message} (details: {DEBUG_FLAG} or ILLUME_DEBUG=1)", file=sys.stderr)
