@@ -89,6 +89,7 @@ def test_geneval_layout_resume_and_settings(tmp_path, models, capsys):
     assert generation["sampling"]["cfg_scale"] == 2.0 and generation["sampling"]["top_k"] == 2048
     assert generation["resolution"] == [64, 64] and generation["samples"] == 2
     assert generation["models"]["dtype"] == "float32"  # "auto" on the CPU
+    assert generation["sampling"]["speculative"] == "jacobi" and generation["models"]["quantize"] == "none"
     config = next(f for f in generation["models"]["mllm"]["files"] if f["file"] == "config.json")
     assert len(config["sha256"]) == 64 and generation["inputs"]["metadata"]["digest"]
 
@@ -219,13 +220,15 @@ def test_imgedit_batches_by_anchor_and_resumes(tmp_path, models, monkeypatch):
     real_edit = IllumePipeline.edit
 
     def spy(self, images, instructions, **kwargs):
+        assert kwargs["speculative"] == "none"  # --speculative reaches the pipeline
         batches.append((kwargs["resolution"], len(images)))
         return real_edit(self, images, instructions, **kwargs)
 
     monkeypatch.setattr(IllumePipeline, "edit", spy)
     out = tmp_path / "imgedit"
     argv = ["eval", "imgedit", "--edit-json", str(tmp_path / "basic_edit.json"), "--image-root", str(root), *models,
-            "--output-dir", str(out), "--anchors", "64x64,128x128", "--batch-size", "4"]  # fmt: skip
+            "--output-dir", str(out), "--anchors", "64x64,128x128", "--batch-size", "4",
+            "--speculative", "none"]  # fmt: skip
     assert main([*argv, "--limit", "2"]) == 0
     assert sorted(os.listdir(out / "images")) == ["1082.png", "673.png"]
     assert sorted(batches) == [((64, 64), 1), ((128, 128), 1)]
@@ -263,27 +266,6 @@ def test_two_torchrun_ranks_split_the_work(tmp_path, tiny_origin_dir, tiny_dualv
     assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["00000", "00001", "00002", "00003"]
     merged = [json.loads(line)["key"] for line in (out / "eval_log" / "items.jsonl").read_text().splitlines()]
     assert merged == ["00000", "00001", "00002", "00003"]
-
-
-def test_speculative_and_quantize_are_passed_only_when_set_and_supported():
-    from illume.eval.suites.common import ImageOptions
-    from vision_tokenizer.utils.user_errors import UserError
-
-    options = ImageOptions(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=1.0, speculative="jacobi")
-    assert (
-        options.pipeline_kwargs()["speculative"] == "jacobi" and "quantize" not in options.pipeline_kwargs()
-    )
-
-    def with_knob(prompts, *, speculative="none"):
-        return prompts
-
-    def without_knob(prompts):
-        return prompts
-
-    options.check_supported(with_knob)
-    with pytest.raises(UserError, match="--speculative"):
-        options.check_supported(without_knob)
-    ImageOptions(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=1.0).check_supported(without_knob)
 
 
 def test_bad_benchmark_files_are_one_line_errors(tmp_path, models, capsys):

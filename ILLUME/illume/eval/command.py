@@ -58,16 +58,6 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return [_size(part) for part in text.split(",") if part.strip()]
 
 
-def _option_value(text: str) -> int | float | str:
-    """--speculative / --quantize values: numbers stay numbers, anything else is a name."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _add_model(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, help="MLLM checkpoint folder")
@@ -78,9 +68,14 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     group.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly even on CUDA")
     group.add_argument(
-        "--speculative", type=_option_value, help="speculative decoding option of the pipeline"
-    )
-    group.add_argument("--quantize", type=_option_value, help="weight quantization option of the pipeline")
+        "--speculative", choices=("none", "jacobi"), default="jacobi",
+        help="jacobi: exact speculative Jacobi decoding, fewer forward passes (default)",
+    )  # fmt: skip
+    group.add_argument(
+        "--quantize", choices=("none", "int8", "fp8"), default="none",
+        help="weight-only LLM quantization (torchao; 'quantize' extra)",
+    )  # fmt: skip
+    group.add_argument("--offload", action="store_true", help="keep DualViTok/SDXL on the CPU between uses")
 
 
 def _add_run(

@@ -258,12 +258,11 @@ class ImageOptions:
     diffusion_steps: int = 50
     batch_size: int = 8
     seed: int = 42
-    speculative: Any = None
-    quantize: Any = None
+    speculative: str = "jacobi"
 
     def pipeline_kwargs(self) -> dict[str, Any]:
-        """Keywords for `IllumePipeline.generate` / `edit` (speculative/quantize only when set)."""
-        kwargs = dict(
+        """Keywords for `IllumePipeline.generate` / `edit`."""
+        return dict(
             cfg_scale=self.cfg_scale,
             temperature=self.temperature,
             top_k=self.top_k,
@@ -272,20 +271,8 @@ class ImageOptions:
             decoder=self.decoder,
             diffusion_cfg_scale=self.diffusion_cfg_scale,
             diffusion_steps=self.diffusion_steps,
+            speculative=self.speculative,
         )
-        for name in ("speculative", "quantize"):
-            if getattr(self, name) is not None:
-                kwargs[name] = getattr(self, name)
-        return kwargs
-
-    def check_supported(self, method: Callable) -> None:
-        """Refuse --speculative / --quantize when this pipeline's method has no such option."""
-        import inspect
-
-        known = inspect.signature(method).parameters
-        for name in ("speculative", "quantize"):
-            if getattr(self, name) is not None and name not in known:
-                raise UserError(f"--{name}: this IllumePipeline.{method.__name__} has no {name}= option")
 
     def record(self) -> dict[str, Any]:
         """What decides the images; the batch size does not (a row depends only on its own seed)."""
@@ -305,6 +292,8 @@ def load_pipeline(args: Any, shard: Shard) -> Any:
         device=args.device or shard.device,
         dtype=None if args.dtype == "auto" else args.dtype,
         use_cuda_graphs=False if args.no_cuda_graphs else None,
+        quantize=args.quantize,
+        offload=args.offload,
     )
 
 
@@ -323,6 +312,7 @@ def model_record(args: Any, device: Any) -> dict[str, Any]:
         "dtype": str(resolve_dtype(None if args.dtype == "auto" else args.dtype, chosen)).removeprefix(
             "torch."
         ),
+        "quantize": args.quantize,  # weight-only LLM quantization changes the numbers
     }
 
 
@@ -463,7 +453,6 @@ def image_options(args: Any) -> ImageOptions:
         batch_size=args.batch_size,
         seed=args.seed,
         speculative=args.speculative,
-        quantize=args.quantize,
     )
 
 
@@ -474,17 +463,14 @@ def _run_suite(
     generation: dict[str, Any],
     is_done: Callable,
     loop: Callable,
-    method: str,
 ) -> Shard:
-    from illume.inference import IllumePipeline
-
     options = image_options(args)
-    options.check_supported(getattr(IllumePipeline, method))  # before anything is recorded
     shard = open_shard(args.device)
     generation = {"models": model_record(args, shard.device), "sampling": options.record(), **generation}
     record_settings(
         args.output_dir, suite, generation, shard,
         limit=args.limit, batch_size=args.batch_size, device=str(args.device or shard.device),
+        offload=args.offload,
     )  # fmt: skip
     chosen = select_jobs(jobs, args.limit)
     mine = chosen[shard.rank :: shard.world_size]
@@ -516,7 +502,7 @@ def run_generation_suite(
         )  # fmt: skip
 
     generation = {"inputs": inputs, "resolution": args.resolution, **settings}
-    return _run_suite(args, suite, jobs, generation, is_done, loop, "generate_codes")
+    return _run_suite(args, suite, jobs, generation, is_done, loop)
 
 
 def run_editing_suite(
@@ -537,4 +523,4 @@ def run_editing_suite(
         )  # fmt: skip
 
     generation = {"inputs": inputs, "resolution": args.resolution, "anchors": [list(a) for a in args.anchors]}
-    return _run_suite(args, suite, jobs, generation, is_done, loop, "edit_codes")
+    return _run_suite(args, suite, jobs, generation, is_done, loop)
