@@ -197,6 +197,8 @@ class CheckpointDir:
         check = validate or self._default_validate
         moved: list[Path] = []
         if set_aside:
+            for marker in self.directory.glob(f"{self.prefix}*{self.suffix}.complete.tmp"):
+                marker.unlink()  # a marker whose write was interrupted says nothing
             for leftover in sorted(self.directory.glob(f"{self.prefix}*{self.suffix}.tmp")):
                 logger.warning("%s is a checkpoint whose write was interrupted", leftover)
                 moved.append(self._set_aside(leftover, "incomplete"))

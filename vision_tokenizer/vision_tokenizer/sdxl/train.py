@@ -133,6 +133,10 @@ class DecoderTrainer:
         self._build_optimizer()
         if point is not None:
             self._restore(resume, point.state)
+        elif config.train.resume == "latest" and self.dist.is_main:
+            # An attempt killed before its first checkpoint logged steps that start over now.
+            if rewind_logs(self.output_dir, {"metrics.jsonl": 0}):
+                logger.warning("no complete checkpoint in %s: metrics.jsonl starts over", self.output_dir)
         self.train_unet: torch.nn.Module = self.unet
         if self.dist.enabled:
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None

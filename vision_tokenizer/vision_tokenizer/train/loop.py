@@ -199,7 +199,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, enabled=ctx.is_main, resume_step=self.step)
         # Lines written after the checkpoint by the run that was killed would be repeated.
         if self.logger.rewind(self.resumed_logs):
-            logger.info("continuing the run logs from step %d", self.step)
+            logger.info("metrics.jsonl and the log continue from step %d", self.step)
         for path in self.set_aside:
             logger.warning("an unusable checkpoint was moved aside: %s", path)
         for key in opts.ignored_keys():
@@ -248,6 +248,8 @@ class Trainer:
                 self.set_aside = point.set_aside
                 return
             logger.info("resume=latest: no complete checkpoint in %s yet, starting a new run", self.ckpt_dir)
+            # An attempt killed before its first checkpoint logged steps that start over now.
+            self.resumed_logs = {"metrics.jsonl": 0}
         elif opts.resume:
             self._resume(_training_state(opts.resume), opts.resume)
             return
