@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from vision_tokenizer.job_args import add_option
-from vision_tokenizer.utils.user_errors import DEBUG_FLAG, UserError, require_path, run_cli
+from vision_tokenizer.utils.user_errors import (
+    DEBUG_FLAG,
+    OneLineErrorParser,
+    UserError,
+    require_path,
+    run_cli,
+)
 
 from illume.eval import command as _eval
 from illume.quickstart import command as _quickstart
@@ -463,7 +469,7 @@ register_subcommand(Subcommand(_eval.NAME, _eval.HELP, _eval.configure, _eval.ru
 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="illume",
         description="ILLUME+: understand, generate and edit images with one multimodal LLM.",
     )

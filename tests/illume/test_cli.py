@@ -151,13 +151,15 @@ def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (["generate", "--model", "MISSING", "--dualvitok", "MISSING", "--prompt", "x"], "--model MISSING"),
         (["generate", "--model", ".", "--dualvitok", ".", "--prompt", "x", "--resolution", "77x77"], "77x77"),
         (["chat", "--model", ".", "--question", "hi", "--device", "gpu"], "--device 'gpu'"),
+        (["chat", "--model", ".", "--question", "hi", "--dtype", "fp64"], "'fp64' (choose from 'auto', 'fp32'"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(argv, names):
     done = _cli(*argv)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("illume: error: ") and names in lines[0], done.stderr
+    assert len(lines) == 1 and lines[0].startswith(("illume: error: ", f"illume {argv[0]}: error: "))
+    assert names in lines[0], done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from vision_tokenizer.data.image_io import ImageLoadError, image_to_tensor, load_image, psnr, tensor_to_image
 from vision_tokenizer.job_args import add_option
 from vision_tokenizer.models.dualvitok import DualViTok
-from vision_tokenizer.utils.user_errors import require_path, run_cli
+from vision_tokenizer.utils.user_errors import OneLineErrorParser, require_path, run_cli
 
 __all__ = ["TokenizerDemo", "Reconstruction", "SHORT_SIDE_CHOICES", "build_demo", "main"]
 
@@ -207,9 +207,7 @@ def build_demo(demo: TokenizerDemo):
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m vision_tokenizer.app", description=__doc__.splitlines()[0]
-    )
+    parser = OneLineErrorParser(prog="python -m vision_tokenizer.app", description=__doc__.splitlines()[0])
     add_option(parser, "--config", "--dualvitok-config", "--model_config", dest="config", required=True,
                help="DualViTok config (.py/.json) or a save_pretrained folder")
     add_option(parser, "--dualvitok", "--checkpoint", "--vq-ckpt", "--tokenizer_checkpoint", dest="checkpoint",

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from vision_tokenizer.job_args import FORWARDED_JOBS, Job
-from vision_tokenizer.utils.user_errors import DEBUG_FLAG, run_cli
+from vision_tokenizer.utils.user_errors import DEBUG_FLAG, OneLineErrorParser, run_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -26,7 +26,7 @@ PROG = "dualvitok"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description="DualViTok image tokenizer tools. `dualvitok COMMAND --help` shows a command's options; "
         f"{DEBUG_FLAG} (or ILLUME_DEBUG=1) shows the traceback of an input error.",

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vision_tokenizer.utils.user_errors import OneLineErrorParser
+
 __all__ = [
     "DTYPE_NAMES",
     "add_option",
@@ -62,7 +64,7 @@ def _launcher_rank(parser: argparse.ArgumentParser) -> None:
 
 
 def train_parser(prog: str = "python -m vision_tokenizer.train") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="Train or fine-tune DualViTok. Launch with torchrun for several processes "
         "(CUDA, Ascend NPU or CPU/gloo, picked automatically). Any further --a.b=value item "
@@ -98,7 +100,7 @@ def train_parser(prog: str = "python -m vision_tokenizer.train") -> argparse.Arg
 
 
 def evaluate_parser(prog: str = "python -m vision_tokenizer.evaluate") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="Reconstruct the validation set with a DualViTok checkpoint and report PSNR, SSIM, "
         "rFID and codebook usage. Run under torchrun to shard the images over processes.",
@@ -127,7 +129,7 @@ def evaluate_parser(prog: str = "python -m vision_tokenizer.evaluate") -> argpar
 
 
 def codebook_inference_parser(prog: str = "python -m vision_tokenizer.codebook_inference") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="Add DualViTok code grids to generation/editing annotation files (jsonl after tokenizer). "
         "Run under torchrun to split the records over processes.",
@@ -162,7 +164,7 @@ def codebook_inference_parser(prog: str = "python -m vision_tokenizer.codebook_i
 
 
 def sdxl_train_parser(prog: str = "python -m vision_tokenizer.sdxl") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="Train the SDXL diffusion decoder on DualViTok codes. Config overrides: --train.lr=1e-5",
     )
@@ -178,7 +180,7 @@ SDXL_TOKEN_SIZES = "512x512, 512x384, 384x512, 1024x256, 256x1024, 960x320, 320x
 
 
 def reconstruct_parser(prog: str = "python -m vision_tokenizer.reconstruct") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="Tokenize images with DualViTok and decode the codes. For every image, writes "
         "DIR/<file name>.recon.png (reconstruction; the input's extension stays in the name, so inputs "

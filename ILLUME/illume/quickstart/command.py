@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vision_tokenizer.utils.user_errors import UserError, run_cli
+from vision_tokenizer.utils.user_errors import OneLineErrorParser, UserError, run_cli
 
 from illume.quickstart import STAGES
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="illume quickstart", description=HELP)
+    parser = OneLineErrorParser(prog="illume quickstart", description=HELP)
     configure(parser)
     return parser
 

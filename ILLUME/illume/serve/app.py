@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vision_tokenizer.job_args import add_option
-from vision_tokenizer.utils.user_errors import require_path, run_cli
+from vision_tokenizer.utils.user_errors import OneLineErrorParser, require_path, run_cli
 
 from illume.serve.handlers import DECODER_CHOICES, ChatSession, DemoHandlers
 from illume.serve.limits import InputError, InputLimits
@@ -232,7 +232,7 @@ def build_demo(handlers: DemoHandlers, title: str = "ILLUME+"):
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     limits = InputLimits()
-    parser = argparse.ArgumentParser(prog="python -m illume.serve.app", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="python -m illume.serve.app", description=__doc__.splitlines()[0])
     add_option(parser, "--model", "--model_name", "--model_path", dest="model", required=True,
                help="ILLUME+ MLLM checkpoint folder (origin or HF format)")
     add_option(parser, "--dualvitok", "--tokenizer_checkpoint", "--vq-ckpt", "--vq_ckpt", dest="dualvitok",

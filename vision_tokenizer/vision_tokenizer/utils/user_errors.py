@@ -10,11 +10,12 @@ lets the exception through with its traceback. Both `illume` and `dualvitok` use
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["UserError", "DEBUG_FLAG", "debug_requested", "run_cli", "require_path"]
+__all__ = ["UserError", "DEBUG_FLAG", "OneLineErrorParser", "debug_requested", "run_cli", "require_path"]
 
 DEBUG_FLAG = "--debug"
 USER_ERROR_STATUS = 2
@@ -25,6 +26,16 @@ class UserError(Exception):
 
     def __str__(self) -> str:  # KeyError subclasses would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (`PROG: error: ... (see PROG --help)`), status 2.
+
+    Sub-command parsers inherit the class (argparse creates them with the parent's type).
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(USER_ERROR_STATUS, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def debug_requested(argv: Sequence[str]) -> bool:
