@@ -73,8 +73,8 @@ def _decoded(data: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
-def gedit_jobs(path: Path, image_column: str, language: str, seed: int) -> list[tuple[EditJob, Path]]:
-    """(job, output path relative to the output folder) for the rows in `language` ('all': every row)."""
+def gedit_jobs(path: Path, image_column: str, language: str, seed: int) -> list[EditJob]:
+    """The rows in `language` ('all': every row); a job's key is its output path in the output folder."""
     jobs = []
     for index, row in enumerate(_load_gedit(path, image_column)):
         if language != "all" and row["instruction_language"] != language:
@@ -85,25 +85,23 @@ def gedit_jobs(path: Path, image_column: str, language: str, seed: int) -> list[
         task, lang, key = (
             str(row[f]).translate(SAFE_NAME) for f in ("task_type", "instruction_language", "key")
         )
-        target = Path("fullset", task, lang, f"{key}.png")
-        job = EditJob(
-            str(target), str(row["instruction"]).strip(), seed + index, size, lambda d=data: _decoded(d)
+        target = Path("fullset", task, lang, f"{key}.png").as_posix()
+        jobs.append(
+            EditJob(target, str(row["instruction"]).strip(), seed + index, size, lambda d=data: _decoded(d))
         )
-        jobs.append((job, target))
     return jobs
 
 
 def run_gedit(args: Any) -> int:
-    pairs = gedit_jobs(args.data, args.image_column, args.language, args.seed)
+    jobs = gedit_jobs(args.data, args.image_column, args.language, args.seed)
     out: Path = args.output_dir
-    targets = {job.key: target for job, target in pairs}
     shard = run_editing_suite(
         args,
         "gedit",
-        [job for job, _ in pairs],
+        jobs,
         inputs={"data": fingerprint(args.data), "image_column": args.image_column, "language": args.language},
-        is_done=lambda job: (out / targets[job.key]).is_file(),
-        write=lambda job, image: atomic_save(image, out / targets[job.key]),
+        is_done=lambda job: (out / job.key).is_file(),
+        write=lambda job, image: atomic_save(image, out / job.key),
     )
     if shard.is_main:
         print(
