@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 from vision_tokenizer.utils.config import load_config
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, manifests_dir
 
 STAGE3 = [
     "configs/example/illume_plus_3b/illume_plus_qwen2_5_3b_stage3.py",
@@ -66,6 +66,8 @@ def test_tiny_config_is_the_golden_architecture(golden: Path) -> None:
         mm_projector=cfg.model_args.mm_projector.to_dict(),
         special_tokens_ids=vocab.special_tokens_ids,
     )
+    # The training config names a Python DualViTok config: the caller reads it, not the constructor.
+    config.resolve_dualvitok(explicit=REPO_ROOT / cfg.model_args.mm_vision_tower.vq_config)
     model = IllumeQwen2ForCausalLM(config).eval()
     missing, unexpected = model.load_state_dict(
         load_file(golden / "mllm_tiny_state_dict.safetensors"), strict=False
@@ -79,3 +81,43 @@ def test_tiny_config_is_the_golden_architecture(golden: Path) -> None:
         ids.shape[1] - 1 + ImageGrid.for_resolution(64, 64).num_tokens,
         config.vocab_size,
     )
+
+
+# transformers 5 writes these beside the released spellings (which it also writes, for 4.44 readers).
+TRANSFORMERS5_KEYS = {"dtype", "layer_types", "pad_token_id", "rope_parameters"}
+
+
+def _types(node: dict) -> dict:
+    """Key → value type, recursively for dicts (None stays None's type: the released file has nulls)."""
+    return {k: _types(v) if isinstance(v, dict) else type(v).__name__ for k, v in node.items()}
+
+
+def test_trained_config_json_has_the_released_keys_and_types(golden: Path, tmp_path: Path) -> None:
+    """What our training writes loads where the released config.json does (SPEC-mllm C1)."""
+    import json
+
+    from illume.train.model_builder import build_model_and_tokenizer
+
+    from tests.illume.tiny_models import write_tiny_origin_model
+
+    base = write_tiny_origin_model(golden, tmp_path / "stage2")
+    tower = {"type": "DualVisionTower", "vq_config": str(golden / "dualvitok_tiny_config.json"), "vq_ckpt": None,
+             "use_ema": False, "trainable": True, "tune_vit_from_layer": 1, "min_pixels": 1024, "max_pixels": 589824}  # fmt: skip
+    mlp = {"type": "MLPProjector", "mlp_depth": 2}
+    model_args = {
+        "language_model": {"type": "IllumeQwen2ForCausalLM", "pretrained_model_name_or_path": str(base)},
+        "mm_vision_tower": tower,
+        "mm_projector": {"type": "MixedProjector", "projector_cfg1": mlp, "projector_cfg2": mlp, "trainable": True},
+    }
+    built = build_model_and_tokenizer(model_args, 4096)
+    built.model.save_pretrained(tmp_path / "out")
+    ours = json.loads((tmp_path / "out" / "config.json").read_text())
+    released = json.loads((manifests_dir() / "illume_plus_qwen2_5_3b_config.json").read_text())
+    released.pop("_name_or_path")  # a note of the machine it was trained on
+    assert set(ours) - set(released) <= TRANSFORMERS5_KEYS and set(released) <= set(ours)
+    theirs = _types(released)
+    assert {k: v for k, v in _types(ours).items() if k in theirs} == theirs
+    # and it loads back, with its DualViTok architecture beside it (no machine paths)
+    assert ours["mm_vision_tower"]["vq_config"] == "dualvitok_config.json"
+    reloaded = IllumeQwen2ForCausalLM.from_pretrained(tmp_path / "out")
+    assert reloaded.config.rope_parameters["rope_theta"] == ours["rope_theta"] == built.model.config.rope_parameters["rope_theta"]

@@ -243,3 +243,30 @@ def test_hub_style_config_json_is_read(tmp_path: Path, golden: Path) -> None:
     assert config.semantic_vit_config == tiny["_semantic_encoder_vit_config"]
     with pytest.raises(ValueError, match="not a DualViTok"):
         read_dualvitok_config({"model_type": "llama"})
+
+
+def test_meta_data_config_paths_relative_to_the_official_working_directory(tmp_path: Path, monkeypatch) -> None:
+    """The official examples json names folders relative to `ILLUME/`; it loads unchanged."""
+    from vision_tokenizer.data.meta_config import load_meta_data_config
+
+    repo = tmp_path / "repo"
+    data = repo / "configs" / "data_configs" / "train_data_examples"
+    (data / "ex" / "images").mkdir(parents=True)
+    (repo / "ILLUME").mkdir()
+    official = {"ex": {"root": "../configs/data_configs/train_data_examples/ex",
+                       "image_dir": "../configs/data_configs/train_data_examples/ex/images",
+                       "annotation_dir": "../configs/data_configs/train_data_examples/ex/jsonl",
+                       "tokenizer_inference": True}}  # fmt: skip
+    (data / "meta.json").write_text(json.dumps(official))
+    monkeypatch.chdir(tmp_path)
+    (meta,) = load_meta_data_config(data / "meta.json").values()
+    assert meta.image_dir == (data / "ex" / "images").resolve()
+    # json-relative paths (ours) still win; then the working directory
+    (data / "ours.json").write_text(json.dumps({"ex": {**official["ex"], "image_dir": "ex/images"}}))
+    assert load_meta_data_config(data / "ours.json")["ex"].image_dir == (data / "ex" / "images").resolve()
+    (tmp_path / "cwd_images").mkdir()
+    (data / "cwd.json").write_text(json.dumps({"ex": {**official["ex"], "image_dir": "cwd_images"}}))
+    assert load_meta_data_config(data / "cwd.json")["ex"].image_dir == (tmp_path / "cwd_images").resolve()
+    (data / "bad.json").write_text(json.dumps({"ex": {**official["ex"], "image_dir": "nowhere", "annotation_dir": "none"}}))
+    with pytest.raises(FileNotFoundError, match=r"dataset 'ex'.*tried .*train_data_examples/none, .*ILLUME/none, .*none"):
+        load_meta_data_config(data / "bad.json")

@@ -164,6 +164,17 @@ class ILLUMEQwen2Config(Qwen2Config):
             self._dualvitok_config = read_dualvitok_config(source, search_dirs=tuple(search_dirs))
         return self.dualvitok
 
+    def to_dict(self) -> dict[str, Any]:
+        """transformers' dict plus the released spellings `rope_theta` and `torch_dtype`, which the
+        official code (transformers 4.44) reads — without them it would fall back to other values."""
+        values = super().to_dict()
+        rope = values.get("rope_parameters") or {}
+        if "rope_theta" in rope:
+            values.setdefault("rope_theta", rope["rope_theta"])
+        if values.get("dtype") is not None:
+            values.setdefault("torch_dtype", values["dtype"])
+        return values
+
     def _remove_keys_not_serialized(self, d: dict[str, Any]) -> None:
         d.pop("_dualvitok_config", None)
         super()._remove_keys_not_serialized(d)

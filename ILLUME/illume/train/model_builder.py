@@ -98,6 +98,8 @@ def _released_fields(model: IllumeQwen2ForCausalLM, vq_config_name: str) -> None
     # The architecture itself: an official name, or the JSON saved beside config.json; the tower's
     # weights are in the checkpoint, so no tokenizer checkpoint path of this machine is recorded.
     config.mm_vision_tower = {**config.mm_vision_tower, "vq_config": vq_config_name, "vq_ckpt": None}
+    # Not a released key: loading a folder reads the placeholder id from its tokenizer files.
+    config.__dict__.pop("image_token_id", None)
 
 
 def _load_tower_checkpoint(model: IllumeQwen2ForCausalLM, path: str, use_ema: bool) -> None:

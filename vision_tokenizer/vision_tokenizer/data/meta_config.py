@@ -5,8 +5,11 @@ It maps dataset names to folders::
     {"examples_generation": {"root": ..., "image_dir": ..., "annotation_dir": ...,
                              "tokenizer_inference": true}, ...}
 
-Relative folders are resolved against the json file's own directory, never the working
-directory. Datasets with `tokenizer_inference: true` are run through codebook inference, whose
+Relative folders are looked up against, in this order: the json file's own directory; the
+official working directory `ILLUME/` of the checkout the json sits in (the official
+`examples_meta_data_config.json` is written relative to it); the current directory. A dataset
+whose `image_dir` and `annotation_dir` exist under none of them is an error listing what was
+tried. Datasets with `tokenizer_inference: true` are run through codebook inference, whose
 output under `root/<codebook_dir>` is what MLLM training reads for them.
 """
 
@@ -55,7 +58,7 @@ def load_meta_data_config(path: str | os.PathLike) -> dict[str, DatasetMeta]:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(table, dict):
         raise ValueError(f"{path}: expected an object mapping dataset names to their folders")
-    base = path.parent
+    bases = _search_bases(path)
     metas = {}
     for name, entry in table.items():
         if not isinstance(entry, dict):
@@ -65,10 +68,29 @@ def load_meta_data_config(path: str | os.PathLike) -> dict[str, DatasetMeta]:
             raise ValueError(f"{path}: dataset {name!r} lacks {missing}")
         if not isinstance(entry["tokenizer_inference"], bool):
             raise ValueError(f"{path}: dataset {name!r}: tokenizer_inference must be true or false")
-        folders = {}
         for key in ("root", "image_dir", "annotation_dir"):
             if not isinstance(entry[key], str):
                 raise ValueError(f"{path}: dataset {name!r}: {key} must be a path string")
-            folders[key] = (base / entry[key]).resolve()
+        base = _base_for(path, name, entry, bases)
+        folders = {key: (base / entry[key]).resolve() for key in ("root", "image_dir", "annotation_dir")}
         metas[name] = DatasetMeta(name=name, tokenizer_inference=entry["tokenizer_inference"], **folders)
     return metas
+
+
+def _search_bases(path: Path) -> list[Path]:
+    """The json's folder, the official `ILLUME/` working directory beside its `configs/`, the cwd."""
+    bases = [path.parent.resolve()]
+    for parent in path.resolve().parents:
+        if parent.name == "configs":
+            bases.append(parent.parent / "ILLUME")
+            break
+    bases.append(Path.cwd())
+    return list(dict.fromkeys(bases))
+
+
+def _base_for(path: Path, name: str, entry: dict, bases: list[Path]) -> Path:
+    for base in bases:
+        if any((base / entry[key]).exists() for key in ("image_dir", "annotation_dir")):
+            return base
+    tried = ", ".join(str(base / entry["annotation_dir"]) for base in bases)
+    raise FileNotFoundError(f"{path}: dataset {name!r}: image_dir / annotation_dir not found; tried {tried}")
