@@ -6,7 +6,10 @@
 
 Encode = `encode_code` (image → both index grids); decode = `decode_code` (index grids → image),
 fed random codes of the right grid shapes. bf16/fp16 rows run under autocast with float32
-weights, as the official measurement did. Each row: warm-up calls, then the median of timed calls
+weights, as the official measurement did. decode_fast = the inference fast path
+(`vision_tokenizer.models.fast_decode.FastDecoder`: weights in the row's dtype, channels_last,
+compiled decoder on CUDA) on the same codes; its `× decode` column is its speed over the plain
+decode row of the same size, dtype and batch in this run. Each row: warm-up calls, then the median of timed calls
 with the device synchronised around each; FLOPs are counted once per (op, size) on one image with
 `torch.utils.flop_counter.FlopCounterMode`. A size that runs out of memory is reported as OOM in
 the table instead of stopping the run. Prints a Markdown table (paste it into benchmarks/README.md).
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vision_tokenizer.models.dualvitok import DualViTok
+from vision_tokenizer.models.fast_decode import FastDecoder
 from vision_tokenizer.utils.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +52,7 @@ class Row:
     gflop_per_image: float | None = None
     tflops: float | None = None
     peak_gib: float | None = None
+    vs_decode: float | None = None
     note: str = ""
 
 
@@ -126,25 +131,29 @@ def measure_row(model: DualViTok, row: Row, info: dict, codebooks: tuple[int, in
             def call() -> object:
                 return model.encode_code(inputs)
         else:
-            semantic = torch.randint(codebooks[0], (row.batch, *info["semantic"]), device=device)
-            pixel = torch.randint(codebooks[1], (row.batch, *info["pixel"]), device=device)
+            generator = torch.Generator().manual_seed(row.size)  # the same codes for decode and decode_fast
+            semantic = torch.randint(codebooks[0], (row.batch, *info["semantic"]), generator=generator).to(device)
+            pixel = torch.randint(codebooks[1], (row.batch, *info["pixel"]), generator=generator).to(device)
+            decoder = FastDecoder(model, dtype=dtype) if row.op == "decode_fast" else model
 
             def call() -> object:
-                return model.decode_code(semantic, pixel)
+                return decoder.decode_code(semantic, pixel)
 
-        with torch.inference_mode(), precision(device, dtype):
+        autocast = precision(device, dtype) if row.op != "decode_fast" else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             seconds = time_calls(call, device, warmup, iters)
     except torch.OutOfMemoryError:
         row.note = "OOM"
         return row
     finally:
-        inputs = semantic = pixel = None
+        inputs = semantic = pixel = decoder = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     row.ms_per_batch = seconds * 1e3
     row.images_per_s = row.batch / seconds
-    row.gflop_per_image = info[row.op] / 1e9
-    row.tflops = info[row.op] * row.images_per_s / 1e12
+    flops = info["decode" if row.op == "decode_fast" else row.op]
+    row.gflop_per_image = flops / 1e9
+    row.tflops = flops * row.images_per_s / 1e12
     if device.type == "cuda":
         row.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
     return row
@@ -156,17 +165,18 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def format_table(rows: list[Row]) -> str:
     lines = [
-        "| op | size | dtype | batch | img/s | ms/batch | GFLOP/img | TFLOP/s | peak GiB | × official H200 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| op | size | dtype | batch | img/s | ms/batch | GFLOP/img | TFLOP/s | peak GiB | × decode | × official H200 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "-"
         if r.images_per_s is not None and r.size == OFFICIAL_SIZE:
-            ratio = f"{r.images_per_s / OFFICIAL_H200[r.op]:.2f}"
+            ratio = f"{r.images_per_s / OFFICIAL_H200[r.op.removesuffix('_fast')]:.2f}"
         speed = r.note or _fmt(r.images_per_s, 2)
         lines.append(
             f"| {r.op} | {r.size}² | {r.dtype} | {r.batch} | {speed} | {_fmt(r.ms_per_batch, 1)} | "
-            f"{_fmt(r.gflop_per_image, 1)} | {_fmt(r.tflops, 2)} | {_fmt(r.peak_gib, 1)} | {ratio} |"
+            f"{_fmt(r.gflop_per_image, 1)} | {_fmt(r.tflops, 2)} | {_fmt(r.peak_gib, 1)} | {_fmt(r.vs_decode, 2)} | "
+            f"{ratio} |"
         )
     return "\n".join(lines)
 
@@ -181,7 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="square image sides (default 256 512; tiny: 256)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 32 128 (tiny: 2)")
-    parser.add_argument("--ops", nargs="+", choices=["encode", "decode"], default=["encode", "decode"])
+    parser.add_argument("--ops", nargs="+", choices=["encode", "decode", "decode_fast"],
+                        default=["encode", "decode", "decode_fast"])
     parser.add_argument("--iters", type=int, default=None, help="timed calls per row (default 5, tiny: 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2, tiny: 1)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
@@ -226,6 +237,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     row = measure_row(model, Row(op, size, dtype, batch), info, codebooks, device,
                                       args.warmup, args.iters)
                     rows.append(row)
+                    plain = next((r for r in rows if r.op == "decode" and (r.size, r.dtype, r.batch) == (size, dtype, batch)), None)
+                    if op == "decode_fast" and plain and plain.images_per_s and row.images_per_s:
+                        row.vs_decode = row.images_per_s / plain.images_per_s
                     print(f"  {op} {size}² {dtype} batch {batch}: {row.note or _fmt(row.images_per_s, 2) + ' img/s'}",
                           flush=True)
     print()
