@@ -159,3 +159,45 @@ def test_cli_refuses_to_overwrite(tiny_origin_dir: Path, tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def summary_prompt(golden: Path) -> str:
     return json.loads((golden / "mllm_summary.json").read_text())["one_image"]["prompt"]
+
+
+_DECODER_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "vocab_size", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+                 "tie_word_embeddings", "hidden_act")  # fmt: skip
+
+
+def _shard(state: dict[str, torch.Tensor], folder: Path, kind: str) -> None:
+    """Two shards + the index json, as `save_pretrained(max_shard_size=...)` writes them."""
+    keys = sorted(state)
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    suffix = "safetensors" if kind == "safetensors" else "bin"
+    stem = "model" if kind == "safetensors" else "pytorch_model"
+    weight_map = {}
+    for i, part in enumerate(halves, start=1):
+        name = f"{stem}-{i:05d}-of-00002.{suffix}"
+        chunk = {k: state[k].contiguous() for k in part}
+        save_file(chunk, str(folder / name)) if kind == "safetensors" else torch.save(chunk, folder / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = f"{stem}.{suffix}.index.json"
+    (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("layout", ["bin-shards", "safetensors-shards", "nested-config"])
+def test_released_hf_layouts_convert(tiny_origin_dir: Path, tmp_path: Path, layout: str) -> None:
+    src = _remote_folder(tiny_origin_dir, tmp_path / "remote")
+    if layout != "nested-config":
+        state = load_file(src / "model.safetensors")
+        (src / "model.safetensors").unlink()
+        _shard(state, src, "bin" if layout == "bin-shards" else "safetensors")
+    else:
+        flat = json.loads((src / "config.json").read_text())
+        nested = {k: v for k, v in flat.items() if k not in _DECODER_KEYS and k != "mm_vision_tower"}
+        nested["text_config"] = {"model_type": "qwen2", **{k: flat[k] for k in _DECODER_KEYS}}
+        nested["vision_config"] = flat["mm_vision_tower"]
+        (src / "config.json").write_text(json.dumps(nested))
+    out = convert_remote_hf(src, tmp_path / "hf")
+    origin = load_file(tiny_origin_dir / "model.safetensors")
+    converted = load_file(out / "model.safetensors")
+    assert converted.keys() == origin.keys()
+    assert all(torch.equal(converted[k], origin[k]) for k in origin)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2

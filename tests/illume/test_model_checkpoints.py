@@ -141,8 +141,8 @@ def test_missing_vq_config_names_every_place_looked(golden: Path, tmp_path: Path
         AutoModelForCausalLM.from_pretrained(folder)
 
 
-def test_official_relative_vq_config_resolves_against_the_repo(monkeypatch, tmp_path: Path) -> None:
-    """`configs/example/dualvitok/...py` is found from any working directory."""
+def test_official_vq_config_name_resolves_from_the_package(monkeypatch, tmp_path: Path) -> None:
+    """`configs/example/dualvitok/...py` needs no checkout: the package ships the official configs."""
     monkeypatch.chdir(tmp_path)
     config = _manifest_config()
     with torch.device("meta"):
