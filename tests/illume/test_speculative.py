@@ -280,3 +280,30 @@ def test_sampled_jacobi_has_the_one_token_distribution(vocab, monkeypatch):
     accepted = _histograms(_sample(engine, prompt, sampling, range(2 * SAMPLES, 3 * SAMPLES), "jacobi"), probe, vocab)
     wrong = [_two_sample_chi2(h_plain[i], accepted[i])[0] for i in range(len(probe))]
     assert any(stat > limit for stat, limit in zip(wrong, limits)), (wrong, limits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_windows_equal_eager_and_bf16_jacobi_keeps_the_grammar(vocab):
+    model = tiny_lm(vocab).cuda()
+    grids = [ImageGrid.for_resolution(256, 256), ImageGrid.for_resolution(384, 512)]
+    specs = [RowSpec(image=g) for g in grids]
+    prompt = prompts(model, 2, cfg=True)
+    prompt = PromptEmbeddings(prompt.embeds.cuda(), prompt.attention_mask.cuda())
+    for sampling in (SamplingConfig.create(1.0, 32, 0.9, cfg_scale=2.0), SamplingConfig.create(do_sample=False, cfg_scale=2.0)):
+        for mode in ("none", "jacobi"):
+            eager = GenerationEngine(model, vocab, use_cuda_graphs=False)
+            graphed = GenerationEngine(model, vocab, use_cuda_graphs=True)
+            expected = eager.generate(prompt, specs, sampling, keys_for([1, 2]), speculative=mode)
+            assert graphed.generate(prompt, specs, sampling, keys_for([1, 2]), speculative=mode) == expected
+            captures = graphed._decoder.captures
+            assert graphed.generate(prompt, specs, sampling, keys_for([1, 2]), speculative=mode) == expected
+            assert graphed._decoder.captures == captures > 0  # replayed, not recaptured
+    half = tiny_lm(vocab).cuda().to(torch.bfloat16)
+    engine = GenerationEngine(half, vocab)
+    prompt = PromptEmbeddings(prompt.embeds.to(torch.bfloat16), prompt.attention_mask)
+    sampling = SamplingConfig.create(1.0, 32, 1.0, cfg_scale=2.0)
+    out, jacobi_passes = passes(engine, prompt, specs, sampling, keys_for([1, 2]), speculative="jacobi")
+    for tokens, grid in zip(out, grids):
+        vocab.parse_image_block(tokens, grid)
+    assert jacobi_passes < passes(engine, prompt, specs, sampling, keys_for([1, 2]), speculative="none")[1]
