@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from illume.adapter import merge_adapter
-from illume.train.model_builder import MODULE_PREFIXES, VQ_CONFIG_FILE
+from illume.train.model_builder import MODULE_PREFIXES, VQ_CONFIG_FILE, _keep_new_rows_only
 
 __all__ = ["LORA_TARGETS", "apply_lora", "lora_modules_to_save", "merge_to_checkpoint", "main"]
 
@@ -51,15 +50,6 @@ def lora_modules_to_save(model: nn.Module) -> list[str]:
     return chosen
 
 
-def _keep_rows_from(first_row: int):
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[:first_row] = 0
-        return grad
-
-    return hook
-
-
 def apply_lora(model: nn.Module, args: Any, first_trainable_row: int | None = None) -> nn.Module:
     """Wrap `model` (trainability already set by the stage flags) in a peft LoRA model.
 
@@ -80,7 +70,7 @@ def apply_lora(model: nn.Module, args: Any, first_trainable_row: int | None = No
     )  # fmt: skip
     peft_model = get_peft_model(model, config)
     if embeddings_train and first_trainable_row is not None:
-        peft_model.get_input_embeddings().weight.register_hook(_keep_rows_from(first_trainable_row))
+        peft_model.get_input_embeddings().weight.register_hook(_keep_new_rows_only(first_trainable_row))
     return peft_model
 
 
