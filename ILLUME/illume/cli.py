@@ -207,7 +207,6 @@ def _check_model_paths(args: argparse.Namespace) -> None:
 
 
 def _load_pipeline(args: argparse.Namespace) -> Any:
-    _check_model_paths(args)
     _check_device(args.device)
     from illume.inference import IllumePipeline
 
@@ -254,6 +253,7 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    _check_model_paths(args)  # first: cheap, before torch is imported
     from illume.inference.validation import check_count
 
     check_count(args.num_images, "--num-images")
@@ -306,6 +306,7 @@ def _configure_edit(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_edit(args: argparse.Namespace) -> int:
+    _check_model_paths(args)  # first: cheap, before torch is imported
     from vision_tokenizer.data.image_io import load_image
 
     _check_image_settings(args)
@@ -384,6 +385,7 @@ def _chat_turn(pipe: Any, args: argparse.Namespace, messages: list, images: list
 
 
 def _run_chat(args: argparse.Namespace) -> int:
+    _check_model_paths(args)  # first: cheap, before torch is imported
     from vision_tokenizer.data.image_io import load_image
 
     from illume.inference.validation import check_count, check_sampling
