@@ -34,6 +34,7 @@ def dataset(tmp_path: Path) -> Path:
     data = tmp_path / "data" / "gen"
     (data / "images").mkdir(parents=True)
     (data / "ann" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "und" / "ann").mkdir(parents=True)  # a dataset without codebook inference
     _save(data / "images" / "square.png", 493, 493, 0)
     _save(data / "images" / "tall.png", 721, 720, 1)
     _save(data / "images" / "wide.png", 300, 900, 2)  # long/short 3 > 1.25: crop too large at fixed 256
