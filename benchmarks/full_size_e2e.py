@@ -145,11 +145,13 @@ def main(argv=None) -> int:
     from vision_tokenizer.sdxl.conditioning import code_map_channels
 
     decoder_device = torch.device("cpu") if args.offload else device
-    dualvitok = stages.run("build_dualvitok", lambda: DualViTok.from_config(
-        str(REPO / DUALVITOK_CONFIGS[args.scale])).eval().to(decoder_device))  # fmt: skip
+    with torch.device(decoder_device):  # random init where the weights live (fast on a GPU)
+        dualvitok = stages.run("build_dualvitok", lambda: DualViTok.from_config(
+            str(REPO / DUALVITOK_CONFIGS[args.scale])).eval().to(decoder_device))  # fmt: skip
     with torch.no_grad(), resident(dualvitok, device, args.offload):
         pixels = stages.run("dualvitok_decode", lambda: dualvitok.decode_code(semantic[None].to(device), pixel[None].to(device)))
-    sdxl = stages.run("build_sdxl", lambda: build_sdxl(args.scale, code_map_channels(dualvitok), decoder_device, dtype))
+    with torch.device(decoder_device):
+        sdxl = stages.run("build_sdxl", lambda: build_sdxl(args.scale, code_map_channels(dualvitok), decoder_device, dtype))
     sdxl.dualvitok = dualvitok
     with torch.no_grad(), resident(sdxl, device, args.offload):
         images = stages.run("sdxl_decode", lambda: sdxl(

@@ -12,6 +12,7 @@
 #   e2e        full_size_e2e.py: 3B LLM 512² codes (jacobi and none) -> full DualViTok 512² ->
 #              full-size SDXL UNet 1024², seconds and peak memory per stage (bf16)
 #   tok256     tokenizer_speed.py 256² bf16, bs 32 and 128, encode + decode
+#   tokfast    tokenizer_speed.py 256² bf16, bs 32, decode vs the decode fast path
 #   train      train_throughput.py at 3B shapes
 #   cuda_tests the tests that skip without CUDA (pytest -m gpu; ILLUME_GOLDEN_DIR needed)
 #   gen512_int8, e2e_int8_offload  --quantize int8 (needs torchao) and --offload, while time is left
@@ -98,11 +99,15 @@ section gen256 100 $PY benchmarks/generation_speed.py --sizes 256 --batch-sizes 
 section gen512 100 $PY benchmarks/generation_speed.py --sizes 512 --batch-sizes 1 16 --skip-official \
         --json "$RAW/gen512.json"
 # ---------------------------------------------------------------- full size, end to end
-section e2e 90 $PY benchmarks/full_size_e2e.py --sdxl-steps 20 --json "$RAW/e2e.json"
+section e2e 120 $PY benchmarks/full_size_e2e.py --sdxl-steps 20 --json "$RAW/e2e.json"
 # ---------------------------------------------------------------- tokenizer and training (TRAIN's scripts)
 section tok256 50 $PY benchmarks/tokenizer_speed.py --sizes 256 --dtypes bf16 --batch-sizes 32 128 \
-        --iters 3 --warmup 1 --json "$RAW/tok256.json"
-section train 70 $PY benchmarks/train_throughput.py --steps 3 --warmup 1 --json "$RAW/train.json"
+        --ops encode decode --iters 3 --warmup 1 --json "$RAW/tok256.json"
+# decode fast path next to the plain decode (its first call compiles the decoder: ~30 s)
+section tokfast 80 $PY benchmarks/tokenizer_speed.py --sizes 256 --dtypes bf16 --batch-sizes 32 \
+        --ops decode decode_fast --iters 3 --warmup 1 --json "$RAW/tokfast.json"
+# the real recipe (ZeRO-2, full logits, ...) and the best setting, one process each
+section train 150 $PY benchmarks/train_throughput.py --steps 2 --warmup 1 --json "$RAW/train.json"
 # ---------------------------------------------------------------- tests that skip without CUDA
 section cuda_tests 50 $PY -m pytest -q -m gpu -p no:cacheprovider tests --junitxml="$OUT/cuda_tests.xml"
 # ---------------------------------------------------------------- low VRAM, while time is left

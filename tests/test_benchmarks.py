@@ -86,3 +86,15 @@ def test_train_throughput_tiny_reports_tokens_per_second(tmp_path: Path) -> None
         assert row["tokens_per_s"] == pytest.approx(row["positions_per_step"] / row["seconds_per_step"])
     assert best["model_tflop_per_step"] > 0
     assert result["speedup"] == pytest.approx(official["seconds_per_step"] / best["seconds_per_step"])
+
+
+def test_full_size_e2e_runs_its_stages_on_tiny_parts(tmp_path: Path) -> None:
+    report = tmp_path / "e2e.json"
+    _run("full_size_e2e.py", "--scale", "tiny", "--resolution", "256", "--sdxl-steps", "1", "--speculative", "jacobi",
+         "--offload", "--json", str(report))
+    result = json.loads(report.read_text())
+    assert result["dualvitok_pixels"] == [256, 256] and result["sdxl_image"] == [512, 512]
+    grid = ImageGrid.for_resolution(256, 256)
+    assert 1 < result["forward_passes"]["jacobi"] < grid.num_semantic + grid.num_pixel + 2
+    for stage in ("build_llm", "llm_codes_jacobi_first", "dualvitok_decode", "sdxl_decode"):
+        assert result["stages"][stage]["seconds"] > 0
