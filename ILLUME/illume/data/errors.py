@@ -15,7 +15,6 @@ from pathlib import Path
 
 from vision_tokenizer.runtime.jsonl import POLICIES, RecordError
 from vision_tokenizer.runtime.jsonl import Location as RecordLocation
-from vision_tokenizer.utils.user_errors import UserError
 
 __all__ = ["RecordLocation", "MalformedRecord", "RecordErrorPolicy", "ERROR_POLICIES"]
 
@@ -24,7 +23,7 @@ logger = logging.getLogger(__name__)
 ERROR_POLICIES = POLICIES
 
 
-class MalformedRecord(UserError, RecordError):
+class MalformedRecord(RecordError):
     """A record that cannot become a training sample; the message starts with `file:line`."""
 
 

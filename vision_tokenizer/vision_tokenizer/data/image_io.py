@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vision_tokenizer.utils.user_errors import UserError
+
 __all__ = [
     "DEFAULT_MAX_SOURCE_PIXELS",
     "MIN_IMAGE_SIDE",
@@ -62,7 +64,7 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError, ValueError):
     """An image file could not be turned into an RGB picture; carries the path and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vision_tokenizer.utils.user_errors import UserError
+
 __all__ = ["POLICIES", "Location", "RecordError", "ReadCounts", "iter_raw", "decode", "read_records"]
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class Location:
         return f"{self.path}[{self.line}]" if self.is_item else f"{self.path}:{self.line}"
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record that cannot be used; the message starts with its location."""
 
     def __init__(self, location: Location | str, reason: str) -> None:

@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
+from vision_tokenizer.utils.user_errors import UserError
+
 __all__ = [
     "CheckpointError",
     "PICKLE_SUFFIXES",
@@ -42,7 +44,7 @@ _WRAPPER_KEYS = ("model", "state_dict")
 _MAX_LISTED = 25
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names file and keys."""
 
 
