@@ -161,11 +161,11 @@ def tokenize_datasets(
                 shutil.rmtree(stale)
     model_dir = Path(tokenizer["model_dir"])
     argv = [
-        "--model_config", str(model_dir / "config.json"),
-        "--tokenizer_checkpoint", str(model_dir),
-        "--tokenizer_version", TOKENIZER_VERSION,
-        "--data_config", data["meta_config"],
-        "--resolution_type", "fixed",
+        "--config", str(model_dir / "config.json"),
+        "--dualvitok", str(model_dir),
+        "--tokenizer-version", TOKENIZER_VERSION,
+        "--data-config", data["meta_config"],
+        "--resolution-type", "fixed",
         "--resolution", str(settings.resolution),
         "--device", "cpu",
     ]  # fmt: skip
