@@ -52,7 +52,6 @@ def _lora_config(base: Path, out: Path):
             "training_args.learning_rate": 2e-3,
             "training_args.max_steps": 15,
             "training_args.save_steps": 5,
-            "training_args.gradient_checkpointing": False,
         },
     )
 
