@@ -101,9 +101,8 @@ def _plain(hidden, weight, bias, labels, ignore_index) -> tuple[torch.Tensor, to
 def _liger(hidden, weight, bias, labels, ignore_index) -> torch.Tensor:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # optional, CUDA only
 
-    return LigerFusedLinearCrossEntropyLoss(ignore_index=ignore_index, reduction="sum")(
-        weight, hidden, labels, bias
-    )
+    out = LigerFusedLinearCrossEntropyLoss(ignore_index=ignore_index, reduction="sum")(weight, hidden, labels, bias)
+    return out[0] if isinstance(out, tuple) else out  # some versions return (loss, z_loss)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
