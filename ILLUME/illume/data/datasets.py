@@ -185,7 +185,7 @@ class DefaultDataset(Dataset):
                 raise MalformedRecord(location, str(err)) from None
             self._check_length(location, len(example.input_ids) + image_positions)
         except MalformedRecord as err:
-            self.error_policy.handle(err, self.name)
+            self.error_policy.handle(err, self.name, shared=True)
             return False
         return True
 

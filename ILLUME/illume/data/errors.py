@@ -47,14 +47,23 @@ class RecordErrorPolicy:
     def skips(self) -> bool:
         return self.mode == "skip"
 
-    def handle(self, error: MalformedRecord, dataset: str) -> None:
-        """Raise `error`, or record it in the report when skipping."""
+    def handle(self, error: MalformedRecord, dataset: str, shared: bool = False) -> None:
+        """Raise `error`, or count it and record it in the report when skipping.
+
+        `shared`: every rank meets this record (the validation before training), so only rank 0
+        reports it; the report then lists each skipped record once.
+        """
         if not self.skips:
             raise error
+        self.skipped += 1
+        if shared and int(os.environ.get("RANK", "0")) != 0:
+            return
         assert self.report_path is not None
         self.report_path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"location": error.location, "dataset": dataset, "reason": error.reason}) + "\n"
         with open(self.report_path, "a", encoding="utf-8") as report:
             report.write(line)
-        self.skipped += 1
         logger.warning("skipped malformed record %s (%s): %s", error.location, dataset, error.reason)
+
+    def summary(self) -> str:
+        return f"{self.skipped} malformed record(s) skipped by this process; all are listed in {self.report_path}"

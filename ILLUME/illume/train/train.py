@@ -110,6 +110,7 @@ def run(cfg: Any) -> ILLUMETrainer:
         args.ddp_find_unused_parameters = False
     tower = model_args["mm_vision_tower"]
     report = data_args.get("record_error_report") or Path(args.output_dir) / "malformed_records.jsonl"
+    error_policy = RecordErrorPolicy(data_args.get("record_error_policy", "raise"), resolve_path(report))
     dataset = build_training_dataset(
         data_args,
         built.tokenizer,
@@ -118,7 +119,7 @@ def run(cfg: Any) -> ILLUMETrainer:
         max_pixels=VisionTowerConfig.from_dict(tower).max_pixels,
         model_max_length=args.model_max_length,
         base_dir=REPO_ROOT,
-        error_policy=RecordErrorPolicy(data_args.get("record_error_policy", "raise"), resolve_path(report)),
+        error_policy=error_policy,
         seed=args.seed,
     )
     trainer = ILLUMETrainer(
@@ -132,6 +133,8 @@ def run(cfg: Any) -> ILLUMETrainer:
     )
     last = resume_checkpoint(args.output_dir, set_aside=args.process_index == 0)
     trainer.train(resume_from_checkpoint=last)
+    if error_policy.skipped:
+        logger.warning(error_policy.summary())
     trainer.save_state()
     trainer.save_model(args.output_dir)
     return trainer
