@@ -27,6 +27,8 @@ trap 'rm -f "$constraints"' EXIT
 "$PYTHON" -c "import torch; print(f'torch=={torch.__version__}')" > "$constraints"
 
 pip_install -c "$constraints" -e ".[all]"
+# Building without isolation uses this environment's build tools (Python >= 3.12 venvs have none).
+pip_install -c "$constraints" setuptools wheel
 pip_install -c "$constraints" --no-build-isolation -e ".[deepspeed]"
 pip_install -c "$constraints" --no-deps "$LMMS_EVAL"
 "$PYTHON" -c "import deepspeed, illume, lmms_eval, vision_tokenizer" && echo "install: done ($(cat "$constraints"))"
