@@ -93,8 +93,22 @@ def test_static_decoder_matches_transformers_forward(vocab):
         ref = model(
             input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
         ).logits
+    assert dec.fused is not None  # parity with the fused q/k/v and gate/up weights
     assert torch.allclose(first, ref[:, -2], atol=1e-5)
     assert torch.allclose(second, ref[:, -1, 400:900], atol=1e-5)
+
+
+def test_decode_step_reading_only_the_filled_cache_bucket_matches_the_full_read(vocab):
+    model = tiny_lm(vocab)
+    ids = torch.randint(0, 500, (2, 5), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        dec = StaticDecoder(model, 2, 600)  # longer than one length bucket
+        dec.prefill(model.get_input_embeddings()(ids), torch.ones(2, 5, dtype=torch.long), None)
+        dec.state.tokens.copy_(torch.tensor([3, 4]))
+        dec.state.mask[:, 5] = True
+        bucketed = dec.step((0, 300), filled=6)
+        full = dec.step((0, 300))
+    assert torch.allclose(bucketed, full, atol=1e-6)
 
 
 def test_every_anchor_obeys_the_grammar_under_an_adversarial_head(vocab):
