@@ -83,6 +83,10 @@ def _add_model_flags(parser: argparse.ArgumentParser, needs_decoder: bool) -> No
         help="SDXL decoder folder (needed for --decoder sdxl)",
     )  # fmt: skip
     group.add_argument("--adapter", help="LoRA adapter folder of a training run, merged into --model (its base)")
+    group.add_argument(
+        "--no-generation-config", action="store_true",
+        help="ignore the checkpoint's generation_config.json (its repetition penalty and sampling defaults)",
+    )  # fmt: skip
     group.add_argument("--device", help="torch device: cpu, cuda, cuda:N, npu (default: cuda if available, else cpu)")
     add_option(
         group,
@@ -221,6 +225,7 @@ def _load_pipeline(args: argparse.Namespace) -> Any:
         use_cuda_graphs=False if args.no_cuda_graphs else None,
         quantize=args.quantize,
         offload=args.offload,
+        use_generation_config=not args.no_generation_config,
     )
 
 
