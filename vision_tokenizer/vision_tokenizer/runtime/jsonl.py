@@ -53,8 +53,11 @@ class ReadCounts:
     """Records seen, used and skipped (with where and why), for the end-of-reading summary."""
 
     seen: int = 0
-    used: int = 0
     skipped: list[RecordError] = field(default_factory=list)
+
+    @property
+    def used(self) -> int:
+        return self.seen - len(self.skipped)
 
     def skip(self, error: RecordError) -> None:
         self.skipped.append(error)
