@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from illume.data.collator import SupervisedCollator
-from illume.train.loss import linear_cross_entropy
+from illume.train.loss import liger_available, linear_cross_entropy, resolve_backend
 from illume.train.objective import ObjectiveConfig, empty_index, training_objective
 from illume.vocab import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from safetensors.torch import load_file
@@ -144,3 +144,13 @@ def test_packed_batch_equals_each_sample_on_its_own(model, items) -> None:
     torch.testing.assert_close(packed.sample_loss, torch.stack(alone_losses), rtol=1e-5, atol=1e-6)
     for name, grad in packed_grads.items():
         _assert_grad_close(grad, sum(g[name] for g in alone_grads if name in g), name)
+
+
+def test_backend_choice_follows_device_and_installation() -> None:
+    assert resolve_backend("auto", torch.device("cpu")) == "chunked"  # liger is CUDA-only
+    if not liger_available():
+        with pytest.raises(ValueError, match="liger-kernel"):
+            resolve_backend("liger", torch.device("cpu"))
+        assert resolve_backend("auto", torch.device("cuda")) == "chunked"
+    with pytest.raises(ValueError, match="auto, chunked, liger, plain"):
+        resolve_backend("fused", torch.device("cpu"))

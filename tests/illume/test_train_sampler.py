@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from illume.data.sampler import ModalityLengthGroupedSampler
 
 
@@ -28,3 +29,17 @@ def test_sampler_order_depends_only_on_seed_and_epoch() -> None:
     assert list(a) != list(b)
     a.set_epoch(1)
     assert list(a) == list(b)
+
+
+def test_grouped_batches_need_less_padding_than_random_ones() -> None:
+    """What the grouping is for when packing is off: right-padding to the longest sample of a batch."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = (torch.randint(20, 2000, (256,), generator=generator) * torch.where(torch.rand(256, generator=generator) < 0.5, 1, -1)).tolist()
+
+    def padding(order: list[int], batch: int) -> int:
+        sizes = [abs(lengths[i]) for i in order]
+        return sum(max(b) * len(b) - sum(b) for b in (sizes[i : i + batch] for i in range(0, len(sizes), batch)))
+
+    grouped = list(ModalityLengthGroupedSampler(lengths, batch_size=4, world_size=2, seed=1))
+    shuffled = torch.randperm(len(lengths), generator=generator).tolist()
+    assert padding(grouped, 4) < 0.1 * padding(shuffled, 4)

@@ -20,7 +20,7 @@ import torch
 
 from illume.vocab import IGNORE_INDEX
 
-__all__ = ["TokenLosses", "linear_cross_entropy", "liger_available", "BACKENDS"]
+__all__ = ["BACKENDS", "TokenLosses", "linear_cross_entropy", "liger_available", "resolve_backend"]
 
 BACKENDS = ("auto", "chunked", "liger", "plain")
 DEFAULT_CHUNK = 2048
