@@ -7,6 +7,7 @@ logits, the model's own transformers loss, and each sample run on its own. Train
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,12 @@ import torch.nn.functional as F
 from illume.data.collator import SupervisedCollator
 from illume.train.loss import liger_available, linear_cross_entropy, resolve_backend
 from illume.train.objective import ObjectiveConfig, empty_index, training_objective
+from illume.train.train import run
 from illume.vocab import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from safetensors.torch import load_file
 
 from tests.illume.test_mllm_golden import build_golden_model
+from tests.illume.test_train import _config, tiny_llm  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -154,3 +157,24 @@ def test_backend_choice_follows_device_and_installation() -> None:
         assert resolve_backend("auto", torch.device("cuda")) == "chunked"
     with pytest.raises(ValueError, match="auto, chunked, liger, plain"):
         resolve_backend("fused", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_packed_training_run_logs_the_same_losses(tiny_llm: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Two samples per micro-batch through the real trainer: packed rows change nothing but the layout."""
+    logs = {}
+    for packing in (False, True):
+        out = tmp_path / f"packing_{packing}"
+        cfg = _config(tiny_llm, tmp_path, **{
+            "training_args.output_dir": str(out), "training_args.per_device_train_batch_size": 2,
+            "training_args.max_steps": 3, "training_args.packing": packing,
+            "training_args.cross_entropy_chunk_size": 64,
+        })  # fmt: skip
+        run(cfg)
+        logs[packing] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    unpacked = [r for r in logs[False] if "loss" in r]
+    packed = [r for r in logs[True] if "loss" in r]
+    assert [r["step"] for r in packed] == [1, 2, 3]
+    for a, b in zip(packed, unpacked):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (a, b)
