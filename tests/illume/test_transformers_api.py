@@ -167,6 +167,7 @@ def test_save_load_round_trips_every_folder_format(model, processor, case, tiny_
     saved = json.loads((tmp_path / "origin" / "config.json").read_text())
     assert saved["architectures"] == ["IllumeQwen2ForCausalLM"]
     assert (tmp_path / "origin" / saved["mm_vision_tower"]["vq_config"]).is_file()
+    assert AutoImageProcessor.from_pretrained(tmp_path / "origin").max_pixels == model.config.mm_vision_tower["max_pixels"]
     _reload_equal(model, tmp_path / "origin", ids, pixels)
     # quick-start format: dualvitok_config.json beside config.json
     quick = tmp_path / "quick"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+from illume.hf.processing_illume import IllumeImageProcessor
 from illume.inference.engine import GenerationEngine, PromptEmbeddings, RowSpec
 from illume.inference.sampling import SamplingConfig, row_keys
 from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
@@ -60,8 +61,10 @@ class IllumeForConditionalGeneration(IllumeQwen2ForCausalLM):
     """`IllumeQwen2ForCausalLM` with `generate(..., generation_mode="text" | "image")`."""
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saved folders stay origin format: config.json names `IllumeQwen2ForCausalLM`, as released."""
+        """Saved folders stay origin format (config.json names `IllumeQwen2ForCausalLM`, as released),
+        plus the image processor's settings, so `AutoImageProcessor` loads the folder too."""
         out = super().save_pretrained(save_directory, *args, **kwargs)
+        IllumeImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
         path = Path(save_directory) / "config.json"
         values = json.loads(path.read_text(encoding="utf-8"))
         if values.get("architectures") != [_SAVED_ARCHITECTURE]:
