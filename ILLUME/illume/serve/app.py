@@ -241,6 +241,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                help="DualViTok config when the checkpoint has none beside it")
     add_option(parser, "--sdxl-decoder", "--diffusion_decoder_path", dest="sdxl_decoder", default=None,
                help="SDXL decoder folder (enables the 2x diffusion decoder)")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder of a training run, merged into --model")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument(
         "--dtype", default=None, help="fp32 / bf16 / fp16 (default: bf16 on CUDA, fp32 on CPU)"
@@ -266,6 +267,8 @@ def _serve(argv: Sequence[str]) -> None:
     args = _parse_args(argv)
     require_path(args.model, "--model", folder=True)
     require_path(args.dualvitok, "--dualvitok")
+    if args.adapter is not None:
+        require_path(args.adapter, "--adapter", folder=True)
     limits = InputLimits(
         max_file_size=args.max_file_size,
         max_image_pixels=args.max_image_pixels,
@@ -277,6 +280,7 @@ def _serve(argv: Sequence[str]) -> None:
         dualvitok=args.dualvitok,
         dualvitok_config=args.dualvitok_config,
         sdxl_decoder=args.sdxl_decoder,
+        adapter=args.adapter,
         device=args.device,
         dtype=args.dtype,
     )
