@@ -108,13 +108,17 @@ def training_objective(model: nn.Module, config: ObjectiveConfig) -> Iterator[St
         decoder.register_forward_pre_hook(hooks.before_decoder, with_kwargs=True),
         decoder.register_forward_hook(hooks.after_decoder, with_kwargs=True),
     ]
+    previous = vars(lm).get("_loss_function")  # what `loss_function = ...` set before, if anything
     lm.loss_function = hooks.loss
     try:
         yield result
     finally:
         for handle in handles:
             handle.remove()
-        del lm._loss_function
+        if previous is None:
+            del lm._loss_function
+        else:
+            lm.loss_function = previous
 
 
 def empty_index(device: torch.device) -> torch.Tensor:
