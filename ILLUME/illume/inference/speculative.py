@@ -223,14 +223,14 @@ def decode_image_rows(
             drafts, draft_logq = _next_drafts(layout, logp, accepted, out_pos, keys, sampling, window_index, T)
             have_drafts = True
 
-        host_accepted = accepted.tolist()
-        host_fed = fed.tolist()
-        host_choice = choice.tolist()
+        # One device->host transfer per window: accepted counts, fed tokens, decided token.
+        host = torch.cat([accepted[:, None], fed, choice[:, None]], dim=1).tolist()
         before = max(count)
         for r in range(batch):
             if count[r] >= layout.lengths[r]:
                 continue
-            new = host_fed[r][1 : 1 + host_accepted[r]] + [host_choice[r]]
+            row = host[r]
+            new = row[2 : 2 + row[0]] + [row[-1]]
             new = new[: layout.lengths[r] - count[r]]
             committed[r].extend(new)
             count[r] += len(new)
