@@ -219,3 +219,15 @@ def test_output_names_are_distinct_and_never_another_inputs_name() -> None:
     paths = [Path("x/cat.jpg"), Path("y/cat.jpg"), Path("cat_2.jpg"), Path("a.png"), Path("b/a.png")]
     names = output_names(paths)
     assert names == ["cat.jpg", "cat_3.jpg", "cat_2.jpg", "a.png", "a_2.png"]
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photo = tmp_path / "a.png"
+    load_image(EXAMPLES / "coffee.jpg").resize((64, 48)).save(photo)
+    earlier = tmp_path / "a.png.recon.png"  # given as an input: a.png's output would replace it
+    shutil.copy(photo, earlier)
+    before = earlier.read_bytes()
+    code = main(["reconstruct", str(photo), str(earlier), "--config", TINY, "--out", str(tmp_path), "--device", "cpu"])
+    assert code == 2 and earlier.read_bytes() == before and not (tmp_path / "metrics.json").exists()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "would overwrite the input(s)" in line and str(earlier) in line
