@@ -11,10 +11,12 @@ from illume.inference.sampling import (
     SamplingConfig,
     SamplingParams,
     cfg_combine,
+    filtered_log_probs,
     gumbel_noise,
     row_keys,
     sample_tokens,
     step_keys,
+    uniform_noise,
 )
 
 
@@ -132,3 +134,36 @@ def test_gumbel_noise_is_finite_and_roughly_standard():
     assert torch.isfinite(noise).all()
     assert abs(noise.mean().item() - 0.5772) < 0.02
     assert abs(noise.var().item() - math.pi**2 / 6) < 0.05
+
+
+def test_filtered_log_probs_is_the_distribution_sample_tokens_draws_from():
+    # Hand-computed: temperature 0.5, top-k 3, then top-p 0.9 over scores [3, 2, 1, 0, -1].
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    table = PhaseTable.build([[SamplingParams(0.5, 3, 0.9)]], "cpu", width=5)
+    kept = [6.0, 4.0, 2.0]  # scores / 0.5 of the top 3
+    probs = [math.exp(v) for v in _log_softmax(kept)]
+    # mass before the third is probs[0] + probs[1] >= 0.9, so top-p drops it
+    assert probs[0] + probs[1] >= 0.9
+    expected = _log_softmax(kept[:2]) + [-math.inf] * 3
+    assert torch.allclose(filtered_log_probs(scores, table)[0], torch.tensor(expected), atol=1e-6)
+    # Gumbel-max draws with counter-based keys follow it (chi-square, 1 dof, p = 1e-6).
+    draws = 20000
+    keys = step_keys(torch.arange(draws, dtype=torch.int64) * 7919, 3)
+    tokens = sample_tokens(scores.expand(draws, -1), table, keys)
+    counts = torch.bincount(tokens, minlength=5).double()
+    assert counts[2:].sum() == 0
+    p0 = math.exp(expected[0])
+    stat = (counts[0] - draws * p0) ** 2 / (draws * p0 * (1 - p0))
+    assert stat < 23.9
+
+
+def test_uniform_noise_is_uniform_and_independent_of_the_gumbel_noise():
+    keys = step_keys(torch.arange(50000, dtype=torch.int64), 11)
+    u = uniform_noise(keys)
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    counts = torch.histc(u, bins=10, min=0, max=1)
+    expected = 5000.0
+    assert float(((counts - expected) ** 2 / expected).sum()) < 37.9  # chi-square, 9 dof, p = 1e-5
+    gumbel = gumbel_noise(keys, torch.zeros(50000, 1, dtype=torch.int64))[:, 0]
+    correlation = torch.corrcoef(torch.stack([u, gumbel]))[0, 1]
+    assert abs(float(correlation)) < 0.03
