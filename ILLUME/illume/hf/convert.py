@@ -9,11 +9,15 @@ inlined as `mm_vision_tower.vq_config`, no file paths), `model.safetensors`, the
 Sources:
 
 * origin format (`ILLUME-MLLM/illume_plus-qwen2_5-{3b,7b}`): a `save_pretrained` folder whose
-  `vq_config` is a path (relative to the official repository root, or beside `config.json`), with
-  optional `mm_projector.bin` / `trainables.bin` files that override parameters;
+  `vq_config` is an official config name (resolved to the configs shipped in `vision_tokenizer`)
+  or a JSON file beside `config.json` (a `.py` there is refused: folders are data), with optional
+  `mm_projector.bin` / `trainables.bin` files that override parameters;
 * the released remote-code "-hf" layout: only its usage is documented (SPEC-surface D6), so its
-  config is read without its `auto_map` and its weights are accepted when every key maps onto the
-  origin layout through `REMOTE_KEY_PREFIXES`; anything else is reported by name.
+  config is read without its `auto_map`, flat or nested (`text_config` / `vision_config`), its
+  weights from `.bin` (weights only) or safetensors files, sharded or not, and accepted when every
+  key maps onto the origin layout through `REMOTE_KEY_PREFIXES`; anything else is reported by name.
+
+`--dualvitok-config` is the caller's own DualViTok config (it may be Python: the caller runs it).
 """
 
 from __future__ import annotations
