@@ -13,7 +13,7 @@ from illume.train.checkpoints import ASIDE_DIR, STAGING_DIR, resume_checkpoint
 from illume.train.train import main
 from vision_tokenizer.runtime.checkpoints import MARKER
 
-from tests.chaos import KILLED, metrics_rows, run_child, run_interrupted, schedule
+from tests.chaos import KILLED, metrics_rows, newest_step, run_child, run_interrupted, schedule
 from tests.illume.test_train import TINY_CONFIG, write_tiny_llm
 
 STEPS = 10  # 5 samples, batch 1, 2 epochs
@@ -72,7 +72,11 @@ def test_killed_mllm_training_resumes_to_the_uninterrupted_curve(tmp_path):
     out = tmp_path / "chaos"
     plan = schedule(seed=14, count=5)
     codes = run_interrupted(
-        functools.partial(main, _argv(llm, out)), out / "metrics.jsonl", plan, tmp_path / "chaos.log"
+        functools.partial(main, _argv(llm, out)),
+        lambda: newest_step(out.glob("checkpoint-*[0-9]/COMPLETE")),
+        STEPS,
+        plan,
+        tmp_path / "chaos.log",
     )
     assert all(code in KILLED for code in codes), (plan, codes)
     assert _losses(out) == expected  # bit-identical losses, grad norms, rates; no repeated rows

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from vision_tokenizer.train.cli import main
 
-from tests.chaos import KILLED, metrics_rows, run_child, run_interrupted, schedule
+from tests.chaos import KILLED, metrics_rows, newest_step, run_child, run_interrupted, schedule
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py"
@@ -34,6 +34,10 @@ def _argv(images: Path, results: Path) -> list[str]:
         "--ckpt_every=1",
         "--ckpt_keep=3",
     ]
+
+
+def _newest(folder: Path, pattern: str) -> int:
+    return newest_step(folder.glob(pattern))
 
 
 def _last_attempt(log: str) -> str:
@@ -62,7 +66,8 @@ def test_killed_tokenizer_training_resumes_to_the_uninterrupted_curve(tmp_path):
     run = chaos / "DualViTok"
     plan = schedule(seed=15, count=6)
     log = tmp_path / "chaos.log"
-    codes = run_interrupted(functools.partial(main, _argv(images, chaos)), run / "metrics.jsonl", plan, log)
+    progress = functools.partial(_newest, run / "checkpoints", "*.pt.complete")
+    codes = run_interrupted(functools.partial(main, _argv(images, chaos)), progress, STEPS, plan, log)
     assert all(code in KILLED for code in codes), (plan, codes)
 
     assert metrics_rows(run / "metrics.jsonl") == expected  # every value bit-identical, no repeats
@@ -98,7 +103,7 @@ def test_killed_sdxl_decoder_training_resumes_to_the_uninterrupted_curve(tmp_pat
             f"--train.output_dir={out}",
             "--train.global_batch_size=1",
             "--train.micro_batch_size=1",
-            "--train.max_steps=7",
+            "--train.max_steps=10",
             "--train.checkpoint_every=1",
             "--train.log_every=1",
             "--train.checkpoints_total_limit=2",
@@ -111,17 +116,18 @@ def test_killed_sdxl_decoder_training_resumes_to_the_uninterrupted_curve(tmp_pat
     process.join(120)
     assert process.exitcode == 0, (tmp_path / "reference.log").read_text()[-3000:]
     expected = metrics_rows(tmp_path / "reference" / "metrics.jsonl")
-    assert [row["step"] for row in expected] == list(range(1, 8))
+    assert [row["step"] for row in expected] == list(range(1, 11))
 
     out = tmp_path / "chaos"
     plan = schedule(seed=3, count=5)
+    progress = functools.partial(_newest, out / "checkpoints", "checkpoint-???????/COMPLETE")
     codes = run_interrupted(
-        functools.partial(train_decoder, argv(out)), out / "metrics.jsonl", plan, tmp_path / "chaos.log"
+        functools.partial(train_decoder, argv(out)), progress, 10, plan, tmp_path / "chaos.log"
     )
     assert all(code in KILLED for code in codes), (plan, codes)
     assert metrics_rows(out / "metrics.jsonl") == expected
     log = _last_attempt((out / "train.log").read_text())
-    assert [log.count(f"step {step} ") for step in range(1, 8)] == [1] * 7
+    assert [log.count(f"step {step} ") for step in range(1, 11)] == [1] * 10
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert [n for n in names if "." not in n] == ["checkpoint-0000006", "checkpoint-0000007"]  # keep=2
+    assert [n for n in names if "." not in n] == ["checkpoint-0000009", "checkpoint-0000010"]  # keep=2
     assert not any(n.endswith(".tmp") for n in names) and any(n.endswith(".incomplete") for n in names)
