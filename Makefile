@@ -16,5 +16,5 @@ lint:
 
 # The README's set-up command (scripts/install.sh), run only when something it installs is missing.
 install:
-	@$(PYTHON) -c "import illume, vision_tokenizer, matplotlib, skimage, deepspeed, lmms_eval, datasets" 2>/dev/null || \
+	@$(PYTHON) -c "import illume, vision_tokenizer, matplotlib, skimage, peft, torchao, deepspeed, lmms_eval, datasets" 2>/dev/null || \
 		PYTHON=$(PYTHON) bash scripts/install.sh

@@ -90,3 +90,20 @@ def test_an_installed_torch_is_kept_and_pinned(tmp_path: Path) -> None:
 def test_without_torch_the_pinned_version_comes_first(tmp_path: Path) -> None:
     calls = _pip_calls(tmp_path, has_torch=False)
     assert calls[0].endswith("torch==2.13.0") and len(calls) == 5
+
+
+def test_all_holds_every_extra_but_the_documented_exceptions(monkeypatch) -> None:
+    """A helper's new extra reaches the README's set-up command unless it is named as left out."""
+    import runpy
+    from unittest import mock
+
+    monkeypatch.chdir(REPO)  # setup.py reads README.md relative to itself
+    with mock.patch("setuptools.setup") as setup:
+        runpy.run_path(str(REPO / "setup.py"), run_name="setup")
+    extras = setup.call_args.kwargs["extras_require"]
+    left_out = {"eval", "deepspeed", "npu", "flash"}
+    expected = {dep for name, deps in extras.items() if name not in left_out | {"all"} for dep in deps}
+    assert set(extras["all"]) == expected
+    assert all(dep in expected for dep in extras["lmms"])  # lmms-eval's CLI modules
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| extras |"))
+    assert all(f"`{name}`" in row.split("not in `all`")[1] for name in left_out)
