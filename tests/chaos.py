@@ -76,6 +76,7 @@ def _child(target: Callable[[], object], log: str, fault: str | None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    torch.cuda.is_available = lambda: False  # CPU runs (a forked child cannot use the parent's CUDA)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
