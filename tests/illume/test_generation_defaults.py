@@ -10,7 +10,7 @@ import pytest
 import torch
 from illume.inference.pipeline import IllumePipeline
 from illume.inference.sampling import penalize_repeats
-from illume.model import ILLUMEQwen2Config
+from illume.model import IllumeQwen2Config
 from illume.model.generation_defaults import HF_DEFAULTS, GenerationDefaults
 from safetensors.torch import load_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -48,7 +48,7 @@ def test_caller_values_win_then_the_file_then_transformers_defaults(tmp_path: Pa
 
 def _qwen2_twin(folder: Path) -> Qwen2ForCausalLM:
     """A plain transformers Qwen2 with the tiny MLLM's decoder settings and language-model weights."""
-    values = ILLUMEQwen2Config.from_pretrained(folder).to_dict()
+    values = IllumeQwen2Config.from_pretrained(folder).to_dict()
     for key in ("model_type", "architectures", "mm_vision_tower", "mm_projector"):
         values.pop(key)
     model = Qwen2ForCausalLM(Qwen2Config.from_dict(values)).eval()

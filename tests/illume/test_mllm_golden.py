@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
+from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
 from illume.vocab import IGNORE_INDEX, SPECIAL_IMAGE_TOKENS
 from safetensors.torch import load_file
 
@@ -34,7 +34,7 @@ def build_golden_model(golden: Path) -> IllumeQwen2ForCausalLM:
     """The tiny MLLM from its config.json (vq_config → the golden DualViTok dict) and state dict."""
     values = json.loads((golden / "mllm_tiny_config.json").read_text())
     values["mm_vision_tower"]["vq_config"] = json.loads((golden / "dualvitok_tiny_config.json").read_text())
-    model = IllumeQwen2ForCausalLM(ILLUMEQwen2Config(**values))
+    model = IllumeQwen2ForCausalLM(IllumeQwen2Config(**values))
     missing, unexpected = model.load_state_dict(load_file(golden / STATE_DICT), strict=False)
     assert (missing, unexpected) == (["lm_head.weight"], [])  # tied alias, absent from the file
     return model.eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
+from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
 from illume.vocab import ImageVocabulary
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -31,8 +31,8 @@ def one_image(golden: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return case["input_ids"], image, case["logits"]
 
 
-def _manifest_config() -> ILLUMEQwen2Config:
-    return ILLUMEQwen2Config(
+def _manifest_config() -> IllumeQwen2Config:
+    return IllumeQwen2Config(
         **json.loads((manifests_dir() / "illume_plus_qwen2_5_3b_config.json").read_text())
     )
 
@@ -56,7 +56,7 @@ def test_untied_head_when_config_says_so(golden: Path, tmp_path: Path) -> None:
     values = json.loads((golden / "mllm_tiny_config.json").read_text())
     values["mm_vision_tower"]["vq_config"] = json.loads((golden / "dualvitok_tiny_config.json").read_text())
     values["tie_word_embeddings"] = False  # like Qwen2.5-7B
-    model = IllumeQwen2ForCausalLM(ILLUMEQwen2Config(**values))
+    model = IllumeQwen2ForCausalLM(IllumeQwen2Config(**values))
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
@@ -69,7 +69,7 @@ def test_save_pretrained_round_trip(golden_model: IllumeQwen2ForCausalLM, one_im
     assert config["model_type"] == "illume_qwen2"
     assert config["architectures"] == ["IllumeQwen2ForCausalLM"]
     assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")  # tied, like the release
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), ILLUMEQwen2Config)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), IllumeQwen2Config)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert isinstance(reloaded, IllumeQwen2ForCausalLM)
     for key, value in golden_model.state_dict().items():

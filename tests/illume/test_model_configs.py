@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
+from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
 from illume.vocab import ImageGrid, ImageVocabulary
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
@@ -60,7 +60,7 @@ def test_tiny_config_is_the_golden_architecture(golden: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(golden / "mllm_tiny_tokenizer")
     vocab = ImageVocabulary.from_tokenizer(tokenizer)
     assert vocab.codebook_sizes == (cfg.semantic_codebook_size, cfg.pixel_codebook_size)
-    config = ILLUMEQwen2Config(
+    config = IllumeQwen2Config(
         **cfg.llm_config,
         mm_vision_tower=cfg.model_args.mm_vision_tower.to_dict(),
         mm_projector=cfg.model_args.mm_projector.to_dict(),

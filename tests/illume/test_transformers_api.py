@@ -23,7 +23,7 @@ from illume.inference.prompts import (
     user_message,
 )
 from illume.inference.sampling import SamplingConfig, row_keys
-from illume.model import ILLUMEQwen2Config, IllumeQwen2Model
+from illume.model import IllumeQwen2Config, IllumeQwen2Model
 from illume.vocab import IMAGE_TOKEN_INDEX, ImageGrid
 from safetensors.torch import load_file
 from transformers import (
@@ -67,7 +67,7 @@ def processor(tiny_origin_dir: Path) -> IllumeProcessor:
 
 
 def test_auto_classes_load_an_origin_folder(tiny_origin_dir: Path, model, processor) -> None:
-    assert isinstance(AutoConfig.from_pretrained(tiny_origin_dir), ILLUMEQwen2Config)
+    assert isinstance(AutoConfig.from_pretrained(tiny_origin_dir), IllumeQwen2Config)
     assert type(model) is IllumeForConditionalGeneration
     assert type(AutoModelForImageTextToText.from_pretrained(tiny_origin_dir)) is IllumeForConditionalGeneration
     base = AutoModel.from_pretrained(tiny_origin_dir)
@@ -197,8 +197,8 @@ import illume
 assert "transformers" not in sys.modules, "import illume imported transformers"
 from vision_tokenizer import DualViTok
 illume.register()
-from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
-config = ILLUMEQwen2Config(**json.load(open({str(manifests_dir() / "illume_plus_qwen2_5_3b_config.json")!r})))
+from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
+config = IllumeQwen2Config(**json.load(open({str(manifests_dir() / "illume_plus_qwen2_5_3b_config.json")!r})))
 with torch.device("meta"):
     model = IllumeQwen2ForCausalLM(config)
 expected = json.load(open({str(manifests_dir() / "illume_plus_qwen2_5_3b.json")!r}))["state_dict"]

@@ -11,7 +11,7 @@ from transformers import AutoImageProcessor, AutoProcessor
 from illume.hf.convert import convert_origin, convert_remote_hf, export_hf, load_origin_model
 from illume.hf.modeling import IllumeForConditionalGeneration
 from illume.hf.processing_illume import QWEN2_CHAT_TEMPLATE, IllumeImageProcessor, IllumeProcessor
-from illume.model import ILLUMEQwen2Config
+from illume.model import IllumeQwen2Config
 
 __all__ = [
     "QWEN2_CHAT_TEMPLATE",
@@ -24,5 +24,5 @@ __all__ = [
     "convert_remote_hf",
 ]
 
-AutoImageProcessor.register(ILLUMEQwen2Config, slow_image_processor_class=IllumeImageProcessor, exist_ok=True)
-AutoProcessor.register(ILLUMEQwen2Config, IllumeProcessor, exist_ok=True)
+AutoImageProcessor.register(IllumeQwen2Config, slow_image_processor_class=IllumeImageProcessor, exist_ok=True)
+AutoProcessor.register(IllumeQwen2Config, IllumeProcessor, exist_ok=True)

@@ -37,7 +37,7 @@ from vision_tokenizer.utils.checkpoint import load_weight_folder
 from vision_tokenizer.utils.user_errors import run_cli
 
 from illume.hf.processing_illume import IllumeImageProcessor, IllumeProcessor
-from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
+from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
 from illume.model.modeling_illume import placeholder_id_from_files
 
 __all__ = [
@@ -67,7 +67,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _inlined_config(values: Mapping[str, Any], folder: Path, dualvitok_config: Any) -> ILLUMEQwen2Config:
+def _inlined_config(values: Mapping[str, Any], folder: Path, dualvitok_config: Any) -> IllumeQwen2Config:
     """The checkpoint config with `vq_config` replaced by the DualViTok dict it names.
 
     The folder's own `vq_config` is resolved like any loader does (official name, or JSON in the
@@ -84,7 +84,7 @@ def _inlined_config(values: Mapping[str, Any], folder: Path, dualvitok_config: A
     for key in ("model_type", "auto_map", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
         values.pop(key, None)
     values["architectures"] = [IllumeQwen2ForCausalLM.__name__]
-    config = ILLUMEQwen2Config(**values)
+    config = IllumeQwen2Config(**values)
     resolved = config.resolve_dualvitok([folder], explicit=dualvitok_config)
     config.mm_vision_tower = {**config.mm_vision_tower, "vq_config": resolved.to_vq_model()}
     if getattr(config, "image_token_id", None) is None:

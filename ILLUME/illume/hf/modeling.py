@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 from illume.hf.processing_illume import IllumeImageProcessor
 from illume.inference.engine import GenerationEngine, PromptEmbeddings, RowSpec
 from illume.inference.sampling import SamplingConfig, row_keys
-from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
+from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
 from illume.vocab import RESOLUTION_TAG_SIZES, ImageGrid, ImageVocabulary, extension_tokens
 
 __all__ = ["IllumeForConditionalGeneration", "vocabulary_from_config", "GENERATION_MODES"]
@@ -29,7 +29,7 @@ GENERATION_MODES = ("text", "image")
 _SAVED_ARCHITECTURE = IllumeQwen2ForCausalLM.__name__
 
 
-def vocabulary_from_config(config: ILLUMEQwen2Config) -> ImageVocabulary:
+def vocabulary_from_config(config: IllumeQwen2Config) -> ImageVocabulary:
     """The id layout without a tokenizer: the extension tokens follow `<start_of_image>` in the
     official order (formats.md §1); `<|endoftext|>` (Qwen's bos and pad) and `<|im_end|>` (eos)."""
     if config.special_tokens_ids is None or config.dualvitok is None:
@@ -163,5 +163,5 @@ def _stack_left_padded(cond: PromptEmbeddings, uncond: PromptEmbeddings) -> Prom
     return PromptEmbeddings(torch.cat([ce, ue]), torch.cat([cm.to(um.dtype), um]))
 
 
-AutoModelForCausalLM.register(ILLUMEQwen2Config, IllumeForConditionalGeneration, exist_ok=True)
-AutoModelForImageTextToText.register(ILLUMEQwen2Config, IllumeForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(IllumeQwen2Config, IllumeForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(IllumeQwen2Config, IllumeForConditionalGeneration, exist_ok=True)

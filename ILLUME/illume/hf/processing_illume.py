@@ -25,7 +25,7 @@ from vision_tokenizer.data.image_io import tensor_to_image
 
 from illume.data.images import ImagePreprocessor
 from illume.data.preprocess import tokenizer_image_token
-from illume.model.configuration_illume import IMAGE_PLACEHOLDER, ILLUMEQwen2Config, VisionTowerConfig
+from illume.model.configuration_illume import IMAGE_PLACEHOLDER, IllumeQwen2Config, VisionTowerConfig
 from illume.model.modeling_illume import image_block_ids
 from illume.vocab import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, ImageGrid, ImageVocabulary
 
@@ -70,7 +70,7 @@ class IllumeImageProcessor(BaseImageProcessor):
         self._preprocessor = ImagePreprocessor(image_aspect_ratio, self.min_pixels, self.max_pixels)
 
     @classmethod
-    def from_model_config(cls, config: ILLUMEQwen2Config) -> IllumeImageProcessor:
+    def from_model_config(cls, config: IllumeQwen2Config) -> IllumeImageProcessor:
         tower = config.vision_tower_config or VisionTowerConfig()
         return cls(config.image_aspect_ratio, tower.min_pixels, tower.max_pixels)
 
@@ -78,7 +78,7 @@ class IllumeImageProcessor(BaseImageProcessor):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> IllumeImageProcessor:
         folder = Path(pretrained_model_name_or_path)
         if folder.is_dir() and not any((folder / name).is_file() for name in _IMAGE_PROCESSOR_FILES):
-            return cls.from_model_config(ILLUMEQwen2Config.from_pretrained(folder))
+            return cls.from_model_config(IllumeQwen2Config.from_pretrained(folder))
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def to_dict(self) -> dict:

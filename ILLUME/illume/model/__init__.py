@@ -7,12 +7,13 @@ class for `AutoModelForImageTextToText` (`illume.register()` does both).
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from illume.model.configuration_illume import ILLUMEQwen2Config, VisionTowerConfig
+from illume.model.configuration_illume import ILLUMEQwen2Config, IllumeQwen2Config, VisionTowerConfig
 from illume.model.modeling_illume import IllumeQwen2ForCausalLM, IllumeQwen2Model, MultimodalInputs
 from illume.model.projector import MixedProjector
 from illume.model.vision_tower import DualVisionTower, TowerOutput
 
 __all__ = [
+    "IllumeQwen2Config",
     "ILLUMEQwen2Config",
     "VisionTowerConfig",
     "IllumeQwen2Model",
@@ -23,6 +24,6 @@ __all__ = [
     "TowerOutput",
 ]
 
-AutoConfig.register(ILLUMEQwen2Config.model_type, ILLUMEQwen2Config, exist_ok=True)
-AutoModel.register(ILLUMEQwen2Config, IllumeQwen2Model, exist_ok=True)
-AutoModelForCausalLM.register(ILLUMEQwen2Config, IllumeQwen2ForCausalLM, exist_ok=True)
+AutoConfig.register(IllumeQwen2Config.model_type, IllumeQwen2Config, exist_ok=True)
+AutoModel.register(IllumeQwen2Config, IllumeQwen2Model, exist_ok=True)
+AutoModelForCausalLM.register(IllumeQwen2Config, IllumeQwen2ForCausalLM, exist_ok=True)

@@ -1,4 +1,6 @@
-"""`ILLUMEQwen2Config`: a Qwen2 config plus the fields ILLUME+ training writes into `config.json`.
+"""`IllumeQwen2Config`: a Qwen2 config plus the fields ILLUME+ training writes into `config.json`.
+
+(`ILLUMEQwen2Config`, the official class name, is the same class.)
 
 The released checkpoints carry the official `model_type` (`illume_qwen2`) and extra keys
 (SPEC-mllm C1); every one of them is accepted here, and keys this class does not know are kept
@@ -28,6 +30,7 @@ from vision_tokenizer.models.configuration_dualvitok import (
 )
 
 __all__ = [
+    "IllumeQwen2Config",
     "ILLUMEQwen2Config",
     "VisionTowerConfig",
     "VISION_TOWER_TYPES",
@@ -84,7 +87,7 @@ def _vq_config_without_files(source: Any) -> DualViTokConfig | None:
 
 
 @strict
-class ILLUMEQwen2Config(Qwen2Config):
+class IllumeQwen2Config(Qwen2Config):
     r"""Qwen2 decoder settings plus the multimodal fields.
 
     mm_vision_tower: the official tower dict (`type`, `vq_config`, `min_pixels`, `max_pixels`,
@@ -178,3 +181,6 @@ class ILLUMEQwen2Config(Qwen2Config):
     def _remove_keys_not_serialized(self, d: dict[str, Any]) -> None:
         d.pop("_dualvitok_config", None)
         super()._remove_keys_not_serialized(d)
+
+
+ILLUMEQwen2Config = IllumeQwen2Config  # the official name

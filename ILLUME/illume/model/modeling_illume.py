@@ -33,7 +33,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from vision_tokenizer.models.configuration_dualvitok import official_config_name
 
-from illume.model.configuration_illume import IMAGE_PLACEHOLDER, VQ_CONFIG_FILE, ILLUMEQwen2Config
+from illume.model.configuration_illume import IMAGE_PLACEHOLDER, VQ_CONFIG_FILE, IllumeQwen2Config
 from illume.model.projector import MixedProjector
 from illume.model.vision_tower import DualVisionTower, TowerOutput
 from illume.vocab import IGNORE_INDEX, IMAGE_TOKEN_INDEX, SPECIAL_IMAGE_TOKENS, ImageGrid, image_block_layout
@@ -90,8 +90,8 @@ def image_block_ids(
 
 
 class IllumeQwen2PreTrainedModel(Qwen2PreTrainedModel):
-    config_class = ILLUMEQwen2Config
-    config: ILLUMEQwen2Config
+    config_class = IllumeQwen2Config
+    config: IllumeQwen2Config
     _no_split_modules = ["Qwen2DecoderLayer", "Qwen2VLVisionBlock"]
 
     @classmethod
@@ -114,9 +114,9 @@ class IllumeQwen2PreTrainedModel(Qwen2PreTrainedModel):
         `allow_missing_weights=True` only when building a model whose new parts are trained next.
         """
         config = kwargs.pop("config", None)
-        if not isinstance(config, ILLUMEQwen2Config):
+        if not isinstance(config, IllumeQwen2Config):
             options = {k: kwargs[k] for k in _CONFIG_LOADING_KWARGS if k in kwargs}
-            config = ILLUMEQwen2Config.from_pretrained(pretrained_model_name_or_path, **options)
+            config = IllumeQwen2Config.from_pretrained(pretrained_model_name_or_path, **options)
         folder = Path(pretrained_model_name_or_path)
         local = folder.is_dir()
         config.resolve_dualvitok([folder] if local else [], explicit=dualvitok_config)
@@ -160,7 +160,7 @@ def _image_list(images: ImageList) -> list[torch.Tensor]:
 class IllumeQwen2Model(IllumeQwen2PreTrainedModel, Qwen2Model):
     """The Qwen2 decoder plus `vision_tower` and `mm_projector` when the config names a tower."""
 
-    def __init__(self, config: ILLUMEQwen2Config) -> None:
+    def __init__(self, config: IllumeQwen2Config) -> None:
         super().__init__(config)
         if config.mm_vision_tower is None:
             return
@@ -430,7 +430,7 @@ class IllumeQwen2ForCausalLM(IllumeQwen2PreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
-    def __init__(self, config: ILLUMEQwen2Config) -> None:
+    def __init__(self, config: IllumeQwen2Config) -> None:
         super().__init__(config)
         self.model = IllumeQwen2Model(config)
         self.vocab_size = config.vocab_size

@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from vision_tokenizer.models.configuration_dualvitok import official_config_name
 from vision_tokenizer.utils.checkpoint import load_into, load_state_dict_file
 
-from illume.model import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
+from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
 from illume.model.configuration_illume import VQ_CONFIG_FILE
 from illume.model.vision_tower import load_vq_model_config
 from illume.vocab import ImageVocabulary
@@ -65,7 +65,7 @@ def _architecture(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _illume_config(
     base: Any, model_args: Mapping[str, Any], vocab: ImageVocabulary, vq_spec: dict, model_max_length: int
-) -> ILLUMEQwen2Config:
+) -> IllumeQwen2Config:
     """The base checkpoint's decoder settings plus the multimodal fields training writes (SPEC-mllm C1)."""
     values = base.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "auto_map"):
@@ -86,7 +86,7 @@ def _illume_config(
         mm_use_im_patch_token=bool(model_args.get("mm_use_im_patch_token", False)),
         architectures=[IllumeQwen2ForCausalLM.__name__],
     )
-    return ILLUMEQwen2Config(**values)
+    return IllumeQwen2Config(**values)
 
 
 def _released_fields(model: IllumeQwen2ForCausalLM, vq_config_name: str) -> None:
