@@ -27,6 +27,7 @@ from torch import nn
 
 from illume.train.loss import DEFAULT_CHUNK, TokenLosses, linear_cross_entropy
 from illume.train.packing import Layout
+from illume.vocab import IGNORE_INDEX
 
 __all__ = ["ObjectiveConfig", "StepLosses", "causal_lm_of", "empty_index", "training_objective"]
 
@@ -88,7 +89,7 @@ class _Hooks:
         self.result.loss, self.result.tokens = loss, tokens
         if tokens.per_position is not None:
             batch = len(labels)
-            valid = (targets != -100).float()
+            valid = (targets != IGNORE_INDEX).float()
             sums = torch.zeros(batch, device=valid.device).index_add_(0, samples, tokens.per_position)
             counts = torch.zeros(batch, device=valid.device).index_add_(0, samples, valid)
             self.result.sample_loss = sums / counts.clamp(min=1)
