@@ -392,13 +392,13 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     for item, reason in collected.skipped.items():
         tqdm.write(f"skipped: {item}: {reason}", file=sys.stderr)
 
-    if args.checkpoint is None:
-        tqdm.write(f"WARNING: no --dualvitok checkpoint given: the model is randomly initialised from {args.config} "
-                   f"(seed {args.seed}); reconstructions and codes are not meaningful.", file=sys.stderr)
     try:
         model = load_model(args.config, args.checkpoint, args.use_ema, args.seed).to(device)
     except (OSError, ValueError) as err:  # unreadable config/checkpoint, or a checkpoint of another model
         raise UserError(f"cannot build the model: {err}") from None
+    if args.checkpoint is None:
+        tqdm.write(f"WARNING: no --dualvitok checkpoint given: the model is randomly initialised from {args.config} "
+                   f"(seed {args.seed}); reconstructions and codes are not meaningful.", file=sys.stderr)
     if args.sdxl_decoder is None:
         decoder = _TokenizerDecoder(model)
     else:
