@@ -135,14 +135,14 @@ def codebook_inference_parser(prog: str = "python -m vision_tokenizer.codebook_i
         "Run under torchrun to split the records over processes.",
     )
     add_option(parser, "--config", "--model_config", "--dualvitok-config", dest="model_config", required=True,
-               help="tokenizer config (.py/.json) describing the model")
+               metavar="CFG", help="tokenizer config (.py/.json) describing the model")
     add_option(parser, "--dualvitok", "--tokenizer_checkpoint", "--checkpoint", dest="tokenizer_checkpoint",
                required=True, metavar="CKPT", help="DualViTok weights (file or folder)")
     add_option(parser, "--tokenizer-version", "--tokenizer_version", dest="tokenizer_version", default="dualvitok",
                help="sub-folder naming the tokenizer (default dualvitok)")
     add_option(parser, "--output-dirname", "--output_dirname", dest="output_dirname",
                default="jsonl_after_tokenizer", help="output folder below each dataset root")
-    add_option(parser, "--data-config", "--data_config", dest="data_config", required=True,
+    add_option(parser, "--data-config", "--data_config", dest="data_config", required=True, metavar="JSON",
                help="meta-data config json (datasets with tokenizer_inference=true are processed)")
     parser.add_argument("--resolution", type=positive_int, default=512,
                         help="side of the square anchor with --resolution-type fixed (default 512)")
