@@ -193,6 +193,12 @@ def test_defaults_are_the_released_architecture() -> None:
     assert (config.semantic_quantizer["codebook_size"], config.pixel_quantizer["codebook_size"]) == (32768, 98304)
     round_trip = DualViTokConfig.from_vq_model(json.loads(json.dumps(config.to_vq_model())))
     assert round_trip.to_vq_model() == config.to_vq_model()
+    assert config.pixel_decoder_config.z_channels == 64 and config.pixel_encoder_config.ch == 128
+    # The parts are checked when the config is made, before any model is built.
+    with pytest.raises(ValueError, match=r"num_layers.*semantic_decoder"):
+        DualViTokConfig(semantic_decoder={"num_layers": 3})
+    with pytest.raises(ValueError, match=r"pixel_encoder.*chanels"):
+        DualViTokConfig(pixel_encoder={"chanels": 3})
 
 
 def test_official_name_resolves_without_the_checkout(monkeypatch, tmp_path: Path) -> None:

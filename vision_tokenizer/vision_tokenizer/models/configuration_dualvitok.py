@@ -24,6 +24,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
 from ..utils.user_errors import UserError
+from .movq import MoVQConfig
 
 __all__ = [
     "DualViTokConfig",
@@ -53,6 +54,17 @@ SCALARS = (
     "semantic_detail_merge_type",
     "infer_interpolate",
 )
+# The keys each part accepts (the official names).
+SEMANTIC_ENCODER_KEYS = frozenset(
+    {"semantic_encoder", "num_blocks", "proj_layer", "z_channels", "embed_dim", "attn_implementation", "target_mlp"}
+)
+SEMANTIC_DECODER_KEYS = frozenset(
+    {"z_channels", "embed_dim", "output_channels", "num_blocks", "proj_layer", "attn_implementation"}
+)
+QUANTIZER_KEYS = frozenset(
+    {"type", "dim", "codebook_size", "channel_first", "rotation_trick", "commitment_weight",
+     "input_to_quantize_commit_loss_weight"}
+)  # fmt: skip
 # Keys of an HF-style config.json that describe the file, not the architecture.
 _HF_META_KEYS = frozenset(
     {"architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "dtype",
@@ -115,7 +127,8 @@ class DualViTokConfigNotFound(UserError, FileNotFoundError):
 
 @strict
 class DualViTokConfig(PretrainedConfig):
-    r"""The DualViTok architecture; every part defaults to the released tokenizer.
+    r"""The DualViTok architecture; every part defaults to the released tokenizer, and each part's
+    keys are checked when the config is made (not when the model is built).
 
     semantic_encoder / semantic_decoder: SemanticEncoder / SemanticDecoder options (the encoder's
         `semantic_encoder` key names a built-in ViT).
@@ -148,7 +161,24 @@ class DualViTokConfig(PretrainedConfig):
                 raise TypeError(f"DualViTok config {part!r} must be a dict, got {type(getattr(self, part)).__name__}")
             else:
                 setattr(self, part, _plain(getattr(self, part)))
+        checked_keys("semantic_encoder", self.semantic_encoder, SEMANTIC_ENCODER_KEYS)
+        checked_keys("semantic_decoder", self.semantic_decoder, SEMANTIC_DECODER_KEYS)
+        for part in ("semantic_quantizer", "pixel_quantizer"):
+            checked_keys(part, getattr(self, part), QUANTIZER_KEYS)
+        for part in ("pixel_encoder", "pixel_decoder"):
+            try:
+                MoVQConfig.from_dict(getattr(self, part))
+            except ValueError as error:
+                raise ValueError(f"DualViTok config {part!r}: {error}") from None
         super().__post_init__(**kwargs)
+
+    @property
+    def pixel_encoder_config(self) -> MoVQConfig:
+        return MoVQConfig.from_dict(self.pixel_encoder)
+
+    @property
+    def pixel_decoder_config(self) -> MoVQConfig:
+        return MoVQConfig.from_dict(self.pixel_decoder)
 
     # ------------------------------------------------------------------ the official dict form
     @classmethod
@@ -189,6 +219,14 @@ class DualViTokConfig(PretrainedConfig):
         if name not in OFFICIAL_CONFIGS:
             raise ValueError(f"unknown official DualViTok config {name!r}; choose one of {sorted(OFFICIAL_CONFIGS)}")
         return cls(**copy.deepcopy(OFFICIAL_CONFIGS[name]))
+
+
+def checked_keys(section: str, values: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    """A copy of one part's options; a key the part does not know is an error naming both."""
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in DualViTok config {section!r}; allowed: {sorted(allowed)}")
+    return dict(values)
 
 
 def _plain(value: Any) -> Any:

@@ -25,8 +25,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..utils.checkpoint import load_into, load_state_dict_file
-from .configuration_dualvitok import DualViTokConfig, read_dualvitok_config
-from .movq import MoVQConfig, MoVQDecoder, MoVQEncoder
+from .configuration_dualvitok import (
+    QUANTIZER_KEYS,
+    SEMANTIC_DECODER_KEYS,
+    SEMANTIC_ENCODER_KEYS,
+    DualViTokConfig,
+    checked_keys,
+    read_dualvitok_config,
+)
+from .movq import MoVQDecoder, MoVQEncoder
 from .quantizer import SimVQ
 from .semantic import SemanticDecoder, SemanticEncoder, rows_to_maps
 from .vit import Qwen2VLVisionRotaryEmbedding, vit_config
@@ -47,16 +54,6 @@ __all__ = [
 CONFIG_FILE_NAME = "config.json"
 WEIGHTS_FILE_NAME = "model.safetensors"
 
-_SEMANTIC_ENCODER_KEYS = frozenset(
-    {"semantic_encoder", "num_blocks", "proj_layer", "z_channels", "embed_dim", "attn_implementation", "target_mlp"}
-)
-_SEMANTIC_DECODER_KEYS = frozenset(
-    {"z_channels", "embed_dim", "output_channels", "num_blocks", "proj_layer", "attn_implementation"}
-)
-_QUANTIZER_KEYS = frozenset(
-    {"type", "dim", "codebook_size", "channel_first", "rotation_trick", "commitment_weight",
-     "input_to_quantize_commit_loss_weight"}
-)  # fmt: skip
 NOISE_TYPES = ("random", "zero")
 MERGE_TYPES = ("cat",)
 
@@ -116,19 +113,8 @@ class DualViTokOutput:
     pixel_loss: torch.Tensor
 
 
-def _checked(section: str, values: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
-    if not isinstance(values, Mapping):
-        raise TypeError(f"DualViTok config {section!r} must be a dict, got {type(values).__name__}")
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown keys {unknown} in DualViTok config {section!r}; allowed: {sorted(allowed)}"
-        )
-    return dict(values)
-
-
 def _build_quantizer(section: str, values: Mapping[str, Any]) -> SimVQ:
-    options = _checked(section, values, _QUANTIZER_KEYS)
+    options = checked_keys(section, values, QUANTIZER_KEYS)
     kind = options.pop("type", "SimVQ")
     if kind != "SimVQ":
         raise ValueError(
@@ -217,7 +203,7 @@ class DualViTok(nn.Module):
             )
         self.config = config
 
-        encoder_options = _checked("semantic_encoder", config.semantic_encoder, _SEMANTIC_ENCODER_KEYS)
+        encoder_options = checked_keys("semantic_encoder", config.semantic_encoder, SEMANTIC_ENCODER_KEYS)
         vit_spec = encoder_options.pop("semantic_encoder", "Emova-ollm/qwen2vit600m")
         attn_implementation = encoder_options.get("attn_implementation", "sdpa")
         vit = vit_config(
@@ -226,11 +212,11 @@ class DualViTok(nn.Module):
         self.semantic_encoder = SemanticEncoder(vit, **encoder_options)
         self.semantic_quantizer = _build_quantizer("semantic_quantizer", config.semantic_quantizer)
         self.semantic_decoder = SemanticDecoder(
-            **_checked("semantic_decoder", config.semantic_decoder, _SEMANTIC_DECODER_KEYS)
+            **checked_keys("semantic_decoder", config.semantic_decoder, SEMANTIC_DECODER_KEYS)
         )
 
-        encoder_config = MoVQConfig.from_dict(config.pixel_encoder)
-        decoder_config = MoVQConfig.from_dict(config.pixel_decoder)
+        encoder_config = config.pixel_encoder_config
+        decoder_config = config.pixel_decoder_config
         self.pixel_encoder = MoVQEncoder(encoder_config)
         quantizer = _build_quantizer("pixel_quantizer", config.pixel_quantizer)
         self.pixel_quant_conv = nn.Conv2d(encoder_config.z_channels, quantizer.dim, kernel_size=1)
