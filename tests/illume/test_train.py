@@ -286,3 +286,48 @@ def test_torchrun_with_deepspeed_zero3_on_cpu_matches_zero2(
     assert model.keys() == reference.keys()
     for name, tensor in model.items():
         torch.testing.assert_close(tensor, reference[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@_NEEDS_DEEPSPEED
+def test_zero3_stops_with_a_clear_error_when_ranks_would_gather_differently(tiny_llm: Path, tmp_path: Path) -> None:
+    """One rank's sample holds two input images of different sizes (two pixel-encoder runs, the ViT's
+    per-image path), the other's one image: their ZeRO-3 gathers would differ. The trainer says so
+    at the first such step instead of DeepSpeed failing later on a trace mismatch."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "jsonl").mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for name, (height, width) in {"wide.png": (64, 96), "tall.png": (96, 64)}.items():
+        pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(data / "images" / name)
+    records = [
+        {"images": ["wide.png", "tall.png"], "conversations": [
+            {"from": "human", "value": "<image>\n<image>\nWhich one is wider?"}, {"from": "gpt", "value": "The first."}]},
+        {"images": ["tall.png"], "conversations": [
+            {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Random colours."}]},
+    ]  # fmt: skip
+    (data / "jsonl" / "0000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    meta = data / "meta.json"
+    entry = {"root": str(data), "image_dir": str(data / "images"), "annotation_dir": str(data / "jsonl"),
+             "tokenizer_inference": False}  # fmt: skip
+    meta.write_text(json.dumps({"two_sizes": entry}))
+    config = tmp_path / "two_sizes.py"
+    config.write_text(
+        f"_base_ = [{str(TINY_CONFIG)!r}]\n"
+        f"data_args = dict(meta_data_info_list=[dict(meta_configs=[{str(meta)!r}], dataset_dtype='DefaultDataset', "
+        "data_infos=dict(two_sizes=-1), image_aspect_ratio='anyres_dualvitok')])\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29635",
+               str(TRAIN_SCRIPT), str(config), f"--model_args.language_model.pretrained_model_name_or_path={tiny_llm}",
+               f"--training_args.output_dir={tmp_path / 'out'}", "--training_args.num_train_epochs=1",
+               "--training_args.deepspeed=ILLUME/scripts/zero3.json"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode != 0
+    assert "ZeRO-3: ranks would run the pixel encoder [2, 1] times" in result.stderr + result.stdout or (
+        "ZeRO-3: ranks would run the pixel encoder [1, 2] times" in result.stderr + result.stdout
+    ), result.stderr[-3000:]

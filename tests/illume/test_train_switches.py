@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from illume.train.arguments import build_training_arguments
-from illume.train.trainer import check_master_weights, pixel_encoder_calls
 from illume.train.train import resolve_path
+from illume.train.trainer import check_master_weights, pixel_encoder_calls
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tests.illume.test_mllm_golden import build_golden_model
@@ -68,3 +68,4 @@ def test_config_checkpointing_kwargs_keep_non_reentrant_default(tmp_path: Path) 
         resolve_path,
     )
     assert args.activation_checkpointing_kwargs == {"use_reentrant": False, "every_n_layers": 3}
+

@@ -111,8 +111,9 @@ def check_same_encoder_calls(images: Sequence[torch.Tensor], device: torch.devic
     calls = [int(c) for c in every]
     if len(set(calls)) > 1:
         raise RuntimeError(
-            f"ZeRO-3: ranks would run the pixel encoder {calls} times this step (a sample with input "
-            "images of different sizes); use ZeRO-2 for such data, or give each sample one input image"
+            f"ZeRO-3: ranks would run the pixel encoder {calls} times this step (input images of "
+            "different sizes in one batch also take the ViT's per-image path), so their parameter "
+            "gathers would differ; use ZeRO-2 for such data, or one input image per sample"
         )
 
 
