@@ -93,6 +93,9 @@ def test_merged_checkpoint_gives_the_adapter_models_logits(base_dir: Path, lora_
         base_logits = base(input_ids=ids, images=image).logits
         adapter_logits = PeftModel.from_pretrained(base, str(lora_run)).eval()(input_ids=ids, images=image).logits
     lora_main(["merge", str(base_dir), str(lora_run), str(tmp_path / "merged")])
+    with pytest.raises(SystemExit) as bad:  # not an adapter folder: one line, exit 2
+        lora_main(["merge", str(base_dir), str(base_dir), str(tmp_path / "nothing")])
+    assert bad.value.code == 2 and not (tmp_path / "nothing").exists()
     merged = IllumeQwen2ForCausalLM.from_pretrained(tmp_path / "merged").eval()
     again = merge_adapter(IllumeQwen2ForCausalLM.from_pretrained(base_dir), lora_run).eval()
     piped = IllumePipeline.from_pretrained(base_dir, adapter=lora_run, device="cpu", dtype="float32").model

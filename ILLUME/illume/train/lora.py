@@ -100,7 +100,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     merge.add_argument("adapter", help="the run's output folder (adapter_config.json, adapter_model.safetensors)")
     merge.add_argument("out", help="folder to write the merged checkpoint to")
     args = parser.parse_args(argv)
-    print(merge_to_checkpoint(args.base, args.adapter, args.out))
+    if not (Path(args.base) / "config.json").is_file():
+        parser.error(f"base {args.base}: not an ILLUME+ checkpoint folder (no config.json)")
+    try:
+        print(merge_to_checkpoint(args.base, args.adapter, args.out))
+    except FileNotFoundError as err:  # a wrong adapter folder: one line, exit 2
+        parser.error(str(err))
 
 
 if __name__ == "__main__":
