@@ -206,8 +206,7 @@ def _check_model_paths(args: argparse.Namespace) -> None:
         require_path(args.sdxl_decoder, "--sdxl-decoder", folder=True)
     if args.adapter is not None:
         require_path(args.adapter, "--adapter", folder=True)
-    for image in getattr(args, "image", None) or []:
-        require_path(image, "--image", folder=False)
+    # --image files: `load_image` names a missing or unreadable one (ImageLoadError is a UserError).
 
 
 def _load_pipeline(args: argparse.Namespace) -> Any:
