@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 from vision_tokenizer.utils.checkpoint import load_weight_folder
-from vision_tokenizer.utils.user_errors import run_cli
+from vision_tokenizer.utils.user_errors import UserError, require_path, run_cli
 
 from illume.hf.processing_illume import IllumeImageProcessor, IllumeProcessor
 from illume.model import IllumeQwen2Config, IllumeQwen2ForCausalLM
@@ -223,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    require_path(args.src, "src", folder=True)
+    if not (args.src / "config.json").is_file():
+        raise UserError(f"src {args.src}: no config.json (not a checkpoint folder)")
     if args.out.exists():
         if not args.overwrite:
             parser.error(f"{args.out} exists; pass --overwrite to replace it")
