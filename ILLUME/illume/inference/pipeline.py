@@ -193,7 +193,8 @@ class IllumePipeline:
         (the DualViTok decoder stays in fp32). `adapter`: a LoRA run's output folder, merged into
         the MLLM (which is then the run's base). `quantize`: "int8" / "fp8" weight-only
         quantization of the LLM layers (`inference.quantize`). With `offload=True` the decoders
-        load on the CPU. Other kwargs go to the pipeline constructor.
+        load on the CPU. `use_generation_config`: apply the folder's generation_config.json as HF
+        `generate` would (`GenerationDefaults`). Other kwargs go to the pipeline constructor.
         """
         from illume.model import IllumeQwen2ForCausalLM
 
