@@ -41,8 +41,8 @@ extras = {
 # exist`), so install it with the torchvision build that matches your torch; `deepspeed` needs
 # `--no-build-isolation` (scripts/install.sh does that); `npu` and `flash` need their hardware.
 # Every other extra is in `all`, so a new extra is installed by the README's set-up command and its
-# tests run. (`quantize`, torchao, is in: it is imported only for --quantize, measured: loading a
-# model with the pipeline or the CLI leaves it unimported, so its CPU-torch warnings do not appear.)
+# tests run. (`quantize`, torchao, is in: transformers imports it when loading any model, and on a
+# CPU torch it logs missing CUDA kernels; the CLIs silence that chatter, see `utils/user_errors`.)
 _NOT_IN_ALL = ("eval", "deepspeed", "npu", "flash")
 extras["all"] = sorted({dep for name, deps in extras.items() if name not in _NOT_IN_ALL for dep in deps})
 

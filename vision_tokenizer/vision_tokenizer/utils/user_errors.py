@@ -11,6 +11,7 @@ lets the exception through with its traceback. Both `illume` and `dualvitok` use
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -58,6 +59,17 @@ def require_path(path: object, what: str, folder: bool | None = None) -> None:
         raise UserError(f"{what} {path}: expected a file, got a folder")
 
 
+# Loggers of optional backends that talk while being imported: torchao (pulled in by transformers'
+# model loading whenever it is installed) reports its CUDA-only kernels missing on a CPU torch, and
+# torch's pytree warns about torchao's enum registrations. Neither concerns the user of a command.
+_IMPORT_CHATTER = ("torchao", "torch.utils._pytree")
+
+
+def _quiet_import_chatter() -> None:
+    for name in _IMPORT_CHATTER:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _status(result: object) -> int:
     """A job's return value as an exit status: an int is one; anything else (a summary) means success."""
     return result if isinstance(result, int) else 0
@@ -70,6 +82,7 @@ def run_cli(prog: str, main: Callable[[list[str]], object], argv: Sequence[str] 
     items = [item for item in items if item != DEBUG_FLAG]
     if debug:
         return _status(main(items))
+    _quiet_import_chatter()
     try:
         return _status(main(items))
     except UserError as error:
