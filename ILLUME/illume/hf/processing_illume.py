@@ -7,11 +7,17 @@ config.json only: the image settings are derived from `config.json`, the chat te
 MoVQ image processor); each `<image>` of the text becomes its whole image block — the markers of
 the vocabulary's layout and one `<|image_pad|>` per feature — so `input_ids` already have the
 length the model runs at, and `pixel_values` lists one `[1, 3, H, W]` tensor in [-1, 1] per image.
+
+Message content is user text: `apply_chat_template` returns a `Prompt` (`illume.data.conversation`)
+whose template spans are what the chat template wrote, so a typed `<|im_end|>`, `<image>` or
+`<height_64>` is tokenized as plain text (`illume.inference.prompts.tokenize_prompt`). A plain `str`
+given to `processor(text=...)` is a prompt its caller wrote and keeps its control strings.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +29,10 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 from vision_tokenizer.data.image_io import tensor_to_image
 
+from illume.data.conversation import Prompt
 from illume.data.images import ImagePreprocessor
 from illume.data.preprocess import tokenizer_image_token
+from illume.inference.prompts import tokenize_prompt
 from illume.model.configuration_illume import IMAGE_PLACEHOLDER, IllumeQwen2Config, VisionTowerConfig
 from illume.model.modeling_illume import image_block_ids
 from illume.vocab import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, ImageGrid, ImageVocabulary
@@ -44,6 +52,10 @@ QWEN2_CHAT_TEMPLATE = (
 )
 _CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+# Private-use characters around message content while the Jinja template renders, so the rendered
+# text can say which parts the template wrote (stripped from the content first: they cannot be forged).
+_USER_START, _USER_END = "\U000f1000", "\U000f1001"
+_USER_SPAN = re.compile(f"{_USER_START}(.*?){_USER_END}", re.DOTALL)
 
 
 class IllumeImageProcessor(BaseImageProcessor):
@@ -118,6 +130,18 @@ class IllumeProcessor(ProcessorMixin):
         chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
         return cls(IllumeImageProcessor.from_pretrained(folder), tokenizer, chat_template=chat_template)
 
+    def apply_chat_template(self, conversation: Any, *args, tokenize: bool = False, **kwargs) -> Any:
+        """The template's text as a `Prompt` (`tokenize=False`) or its inputs; message content stays text.
+
+        Transformers' opt-in `sanitize_control_tokens` is always on here (and wider: resolution tags,
+        image tokens and `<image>` typed by a user are text too), so the flag is accepted and ignored.
+        """
+        kwargs.pop("sanitize_control_tokens", None)
+        rendered = super().apply_chat_template(_mark_user_text(conversation), *args, tokenize=tokenize, **kwargs)
+        if tokenize:
+            return rendered
+        return _as_prompt(rendered) if isinstance(rendered, str) else [_as_prompt(text) for text in rendered]
+
     def __call__(
         self,
         text: str | Sequence[str] | None = None,
@@ -130,7 +154,8 @@ class IllumeProcessor(ProcessorMixin):
         """Token ids with every `<image>` expanded to its block, padded once as the tokenizer says.
 
         `images` lists every image of every prompt in order of their `<image>` markers; a count
-        mismatch is an error rather than a silent misalignment.
+        mismatch is an error rather than a silent misalignment. Only a `Prompt`'s template spans
+        (or a plain `str`, written by its caller) may hold control strings, `<image>` included.
         """
         if text is None:
             raise ValueError("IllumeProcessor needs text (a prompt containing one <image> per image)")
@@ -142,7 +167,8 @@ class IllumeProcessor(ProcessorMixin):
             raise TypeError(f"unsupported processor arguments: {unknown}")
         prompts = [text] if isinstance(text, str) else list(text)
         image_list = [] if images is None else ([images] if isinstance(images, Image.Image) else _flat(images))
-        markers = sum(prompt.count(IMAGE_TOKEN) for prompt in prompts)
+        token_ids = [self._prompt_ids(prompt) for prompt in prompts]
+        markers = sum(ids.count(IMAGE_TOKEN_INDEX) for ids in token_ids)
         if markers != len(image_list):
             raise ValueError(
                 f"the prompts contain {markers} {IMAGE_TOKEN} markers but {len(image_list)} images were given"
@@ -150,9 +176,9 @@ class IllumeProcessor(ProcessorMixin):
         pixel_values = self.image_processor(image_list)["pixel_values"] if image_list else []
         blocks = iter(self._block(pixels) for pixels in pixel_values)
         sequences = []
-        for prompt in prompts:
+        for prompt_ids in token_ids:
             ids = []
-            for token in tokenizer_image_token(prompt, self.tokenizer):
+            for token in prompt_ids:
                 ids.extend(next(blocks) if token == IMAGE_TOKEN_INDEX else [token])
             sequences.append(ids)
         data: dict[str, Any] = self._pad(sequences)
@@ -163,6 +189,12 @@ class IllumeProcessor(ProcessorMixin):
         if pixel_values:
             data["pixel_values"] = pixel_values
         return BatchFeature(data)
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """Ids with -200 per `<image>`: a `Prompt` (or marked chat text) keeps its user text as text."""
+        if isinstance(prompt, Prompt) or _USER_START in prompt:
+            return tokenize_prompt(_as_prompt(prompt), self.tokenizer)
+        return tokenizer_image_token(prompt, self.tokenizer)
 
     def _block(self, pixels: torch.Tensor) -> list[int]:
         grid = ImageGrid.for_resolution(*pixels.shape[-2:])
@@ -205,6 +237,39 @@ class IllumeProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
+
+
+def _mark_user_text(conversation: Any) -> Any:
+    """A copy of one conversation (or a batch) with every message's text wrapped in the user markers."""
+    if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
+        return [_mark_user_text(chat) for chat in conversation]
+    return [{**message, "content": _mark_content(message.get("content"))} for message in conversation]
+
+
+def _mark_content(content: Any) -> Any:
+    if isinstance(content, str):
+        return _USER_START + content.replace(_USER_START, "").replace(_USER_END, "") + _USER_END
+    if isinstance(content, list):
+        return [{**part, "text": _mark_content(part["text"])} if "text" in part else part for part in content]
+    return content
+
+
+def _as_prompt(text: str) -> Prompt:
+    """Rendered chat text → a `Prompt` whose template spans are everything outside the user markers."""
+    if isinstance(text, Prompt):
+        return text
+    parts: list[str] = []
+    position = 0
+    for match in _USER_SPAN.finditer(text):
+        parts += [Prompt.template(_unmarked(text[position : match.start()])), match.group(1)]
+        position = match.end()
+    parts.append(Prompt.template(_unmarked(text[position:])))
+    return Prompt.join(parts)
+
+
+def _unmarked(text: str) -> str:
+    """Template text without stray markers (a template that split a message's text)."""
+    return text.replace(_USER_START, "").replace(_USER_END, "")
 
 
 def _flat(images: Sequence[Any]) -> list[Image.Image]:
