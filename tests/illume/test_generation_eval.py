@@ -87,3 +87,11 @@ def test_sharded_run_merges_and_resumes(tmp_path, monkeypatch, tiny_origin_dir, 
     monkeypatch.setenv("RANK", "0")
     assert main(argv) == 0
     assert {p: p.read_text() for p in root.glob("*.rank*.jsonl")} == parts
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    argv = ["--model", str(tmp_path / "nope"), "--dualvitok", str(tmp_path), "--t2i", str(tmp_path / "none.jsonl"),
+            "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("python -m illume.eval.generation_eval: error: --t2i ") and "none.jsonl" in line

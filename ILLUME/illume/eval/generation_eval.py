@@ -30,12 +30,18 @@ from typing import Any
 
 from vision_tokenizer.job_args import add_option
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
-from vision_tokenizer.runtime.jsonl import read_records
+from vision_tokenizer.runtime.jsonl import RecordError, read_records
 from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
+from vision_tokenizer.utils.user_errors import OneLineErrorParser, UserError, require_path, run_cli
 
 __all__ = ["EvalItem", "read_t2i_items", "read_edit_items", "out_image_name", "main"]
 
 logger = logging.getLogger(__name__)
+PROG = "python -m illume.eval.generation_eval"
+
+
+class InputImageNotFound(UserError, FileNotFoundError):
+    """An editing record names an input image that is not there."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, record) of an eval jsonl, read by the project's jsonl reader (errors name file:line)."""
     for location, record in read_records(path):
         if not isinstance(record, dict):
-            raise ValueError(f"{location}: a record must be a JSON object")
+            raise RecordError(location, "a record must be a JSON object")
         yield location.line, record
 
 
@@ -69,9 +75,7 @@ def _human_text(path: Path, number: int, record: dict[str, Any]) -> str:
             raise TypeError
         return turn["value"]
     except (KeyError, IndexError, TypeError):
-        raise ValueError(
-            f"{path}:{number}: expected conversations[0] = {{'from': 'human', 'value': <text>}}"
-        ) from None
+        raise RecordError(f"{path}:{number}", "expected conversations[0] = {'from': 'human', 'value': <text>}") from None
 
 
 def read_t2i_items(path: str | os.PathLike) -> list[EvalItem]:
@@ -90,10 +94,10 @@ def read_edit_items(path: str | os.PathLike, image_dir: str | os.PathLike | None
     for index, (number, record) in enumerate(_lines(path)):
         images = record.get("images")
         if not isinstance(images, list) or len(images) != 1:
-            raise ValueError(f"{path}:{number}: an editing record needs exactly one entry in 'images'")
+            raise RecordError(f"{path}:{number}", "an editing record needs exactly one entry in 'images'")
         image = folder / images[0]
         if not image.is_file():
-            raise FileNotFoundError(f"{path}:{number}: input image {image} not found")
+            raise InputImageNotFound(f"{path}:{number}: input image {image} not found")
         instruction = _human_text(path, number, record).replace("<image>", "").strip().rstrip(".")
         items.append(EvalItem(int(record.get("id", index)), instruction, str(image)))
     return items
@@ -101,7 +105,7 @@ def read_edit_items(path: str | os.PathLike, image_dir: str | os.PathLike | None
 
 # ---------------------------------------------------------------------------------------------
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="illume-generation-eval", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0])
     # Flags as everywhere in the project; the official script's spellings are hidden aliases.
     model = parser.add_argument_group("models")
     add_option(model, "--model", "--mllm_path", dest="mllm_path", help="MLLM checkpoint folder")
@@ -160,7 +164,7 @@ def _checkpoint(args: argparse.Namespace) -> Path:
     try:
         return Path(config["training_args"]["output_dir"])
     except KeyError:
-        raise ValueError(f"{args.mllm_config} has no training_args.output_dir") from None
+        raise UserError(f"--config {args.mllm_config} has no training_args.output_dir") from None
 
 
 def _output_text(codes: Any, height: int, width: int) -> str:
@@ -264,7 +268,18 @@ def _evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command: a wrong input is one line on stderr and status 2 (`--debug` for the traceback)."""
+    return run_cli(PROG, _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = _parse(argv)
+    for flag, paths in (("--t2i", args.t2i), ("--edit", args.edit)):
+        for path in paths:
+            require_path(path, flag, folder=False)
+    require_path(args.tokenizer_checkpoint, "--dualvitok")
+    if args.mllm_path is not None:
+        require_path(args.mllm_path, "--model", folder=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from illume.inference import IllumePipeline
     from illume.vocab import RATIOS
