@@ -202,3 +202,33 @@ def test_offered_sizes_follow_the_checkpoints_image_budget() -> None:
     with pytest.raises(InputError, match="choose one of 64x64"):
         small.generate("a cat", "256x256")
     assert len(RATIOS) == 11
+
+
+def test_app_passes_the_loading_and_decoding_switches(monkeypatch, tmp_path: Path) -> None:
+    """`--no-generation-config`, `--quantize`, `--offload` reach the pipeline; `--speculative` the handlers."""
+    from illume.serve import app
+
+    loaded: dict = {}
+    served: list[DemoHandlers] = []
+
+    class Demo:
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            return None
+
+    def from_pretrained(model, **kwargs):
+        loaded.update(kwargs, model=model)
+        return object()
+
+    monkeypatch.setattr(IllumePipeline, "from_pretrained", staticmethod(from_pretrained))
+    monkeypatch.setattr(app, "build_demo", lambda handlers: served.append(handlers) or Demo())
+    flags = ["--model", str(tmp_path), "--dualvitok", str(tmp_path), "--no-generation-config",
+             "--quantize", "int8", "--offload", "--speculative", "none"]  # fmt: skip
+    assert app.main(flags) == 0
+    assert (loaded["use_generation_config"], loaded["quantize"], loaded["offload"]) == (False, "int8", True)
+    assert served[0].speculative == "none"
+    assert app.main(flags[:4]) == 0
+    assert (loaded["use_generation_config"], loaded["quantize"], loaded["offload"]) == (True, "none", False)
+    assert served[1].speculative == "jacobi"

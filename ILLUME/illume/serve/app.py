@@ -242,6 +242,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_option(parser, "--sdxl-decoder", "--diffusion_decoder_path", dest="sdxl_decoder", default=None,
                help="SDXL decoder folder (enables the 2x diffusion decoder)")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder of a training run, merged into --model")
+    parser.add_argument(
+        "--no-generation-config", action="store_true",
+        help="ignore the checkpoint's generation_config.json (its repetition penalty and sampling defaults)",
+    )  # fmt: skip
+    parser.add_argument("--speculative", choices=("none", "jacobi"), default="jacobi",
+                        help="jacobi: exact speculative Jacobi decoding of images, fewer forward passes (default)")
+    parser.add_argument("--quantize", choices=("none", "int8", "fp8"), default="none",
+                        help="weight-only quantization of the LLM layers (torchao; fp8 needs a Hopper/Ada GPU)")
+    parser.add_argument("--offload", action="store_true",
+                        help="keep DualViTok and the SDXL decoder on the CPU except while they decode")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument(
         "--dtype", default=None, help="fp32 / bf16 / fp16 (default: bf16 on CUDA, fp32 on CPU)"
@@ -283,8 +293,11 @@ def _serve(argv: Sequence[str]) -> None:
         adapter=args.adapter,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
+        offload=args.offload,
+        use_generation_config=not args.no_generation_config,
     )
-    demo = build_demo(DemoHandlers(pipe, limits))
+    demo = build_demo(DemoHandlers(pipe, limits, speculative=args.speculative))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=limits.max_file_size

@@ -81,9 +81,10 @@ class ChatSession:
 class DemoHandlers:
     """The demo's operations over one loaded `IllumePipeline`."""
 
-    def __init__(self, pipe: Any, limits: InputLimits | None = None) -> None:
+    def __init__(self, pipe: Any, limits: InputLimits | None = None, speculative: str = "jacobi") -> None:
         self.pipe = pipe
         self.limits = limits or InputLimits()
+        self.speculative = speculative  # the app's --speculative: how image tokens are decoded
         self.resolutions = model_resolutions(getattr(pipe, "max_pixels", None))
 
     @property
@@ -178,7 +179,7 @@ class DemoHandlers:
         decoder: str = DECODER_CHOICES[0],
         diffusion_cfg_scale: float = 1.5,
         diffusion_steps: int = 20,
-        speculative: str = "jacobi",
+        speculative: str | None = None,
     ) -> Image.Image:
         """Text-to-image at one anchor resolution (twice that with the SDXL decoder)."""
         text = self.limits.check_prompt(prompt)
@@ -189,7 +190,7 @@ class DemoHandlers:
             [text], resolution=size, cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=int(top_k),
             top_p=float(top_p), seed=int(seed), decoder=chosen,
             diffusion_cfg_scale=float(diffusion_cfg_scale), diffusion_steps=int(diffusion_steps),
-            speculative=speculative,
+            speculative=speculative or self.speculative,
         )  # fmt: skip
         return images[0]
 
@@ -207,7 +208,7 @@ class DemoHandlers:
         decoder: str = DECODER_CHOICES[0],
         diffusion_cfg_scale: float = 1.5,
         diffusion_steps: int = 20,
-        speculative: str = "jacobi",
+        speculative: str | None = None,
     ) -> Image.Image:
         """Edit the uploaded image by instruction; the result has the input's size."""
         image = self.limits.load_image(image_path)
@@ -219,7 +220,7 @@ class DemoHandlers:
             [image], [text], resolution=size, cfg_scale=float(cfg_scale),
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed),
             decoder=chosen, diffusion_cfg_scale=float(diffusion_cfg_scale),
-            diffusion_steps=int(diffusion_steps), speculative=speculative,
+            diffusion_steps=int(diffusion_steps), speculative=speculative or self.speculative,
         )  # fmt: skip
         return images[0]
 
