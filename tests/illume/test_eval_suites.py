@@ -272,7 +272,7 @@ def test_bad_benchmark_files_are_one_line_errors(tmp_path, models, capsys):
     (tmp_path / "meta.jsonl").write_text('{"prompt": "a cat"}\n{not json\n')
     out = ["--output-dir", str(tmp_path / "out")]
     assert main(["eval", "geneval", "--metadata", str(tmp_path / "meta.jsonl"), *models, *out]) == 2
-    assert "meta.jsonl:2: invalid JSON" in capsys.readouterr().err
+    assert "meta.jsonl:2: not valid JSON" in capsys.readouterr().err
     (tmp_path / "basic_edit.json").write_text(json.dumps({"7": {"id": "a.jpg"}}))
     argv = [
         "eval",

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vision_tokenizer.runtime.jsonl import RecordError, read_records
 from vision_tokenizer.utils.user_errors import UserError
 
 from illume.eval.suites.common import T2IJob, fingerprint, run_generation_suite
@@ -28,15 +29,9 @@ def read_metadata(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"--metadata {path}: no such file (GenEval's prompts/evaluation_metadata.jsonl)")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+    for location, row in read_records(path):  # the project's reader: a bad line is `file:line: ...`
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise UserError(f"{path}:{number}: expected an object with a 'prompt' string")
+            raise RecordError(location, "expected an object with a 'prompt' string")
         rows.append(row)
     return rows
 

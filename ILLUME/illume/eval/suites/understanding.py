@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vision_tokenizer.utils.user_errors import UserError
+from vision_tokenizer.runtime.jsonl import RecordError, read_records
+from vision_tokenizer.utils.user_errors import UserError, require_path
 
 __all__ = [
     "PAPER_SUITE",
@@ -180,14 +181,10 @@ def latest_results(folder: Path) -> Path:
 def geneval_overall(results_jsonl: Path) -> float:
     """GenEval's overall score as its `summary_scores.py` defines it: the mean of the per-tag accuracies."""
     per_tag: dict[str, list[bool]] = {}
-    for number, line in enumerate(results_jsonl.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            row = json.loads(line)
-            if "tag" not in row or "correct" not in row:
-                raise UserError(
-                    f"{results_jsonl}:{number}: not a GenEval result line (needs 'tag' and 'correct')"
-                )
-            per_tag.setdefault(row["tag"], []).append(bool(row["correct"]))
+    for location, row in read_records(results_jsonl):
+        if not isinstance(row, dict) or "tag" not in row or "correct" not in row:
+            raise RecordError(location, "not a GenEval result line (needs 'tag' and 'correct')")
+        per_tag.setdefault(row["tag"], []).append(bool(row["correct"]))
     if not per_tag:
         raise UserError(f"{results_jsonl}: no GenEval result lines")
     return sum(sum(v) / len(v) for v in per_tag.values()) / len(per_tag)
@@ -229,6 +226,10 @@ def markdown_table(rows: Sequence[tuple[PaperRow, float]]) -> str:
 
 
 def run_table(args: Any) -> int:
+    for flag, value in (("--results", args.results), ("--geneval-results", args.geneval_results),
+                        ("--fid-json", args.fid_json)):  # fmt: skip
+        if value is not None:
+            require_path(value, flag)
     lmms = None
     if args.results is not None:
         path = latest_results(args.results) if args.results.is_dir() else args.results
