@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from vision_tokenizer.cli import main as dualvitok_main
 from vision_tokenizer.evaluate import INCEPTION_WEIGHTS_FILE, image_metrics, main
+from vision_tokenizer.utils.user_errors import UserError
 
 from tests.conftest import REPO_ROOT, golden_dir
 
@@ -89,7 +91,7 @@ def test_rfid_uses_local_weights_and_fails_clearly_without(val_folder, tmp_path,
         calls.append(kw) or {"frechet_inception_distance": 12.5, "inception_score_mean": 3.0}
     )
     monkeypatch.setitem(sys.modules, "torch_fidelity", fake)
-    with pytest.raises(SystemExit, match="--no-fid"):
+    with pytest.raises(UserError, match="--no-fid"):
         main(_args(val_folder, tmp_path / "e1"))
     weights = tmp_path / INCEPTION_WEIGHTS_FILE
     weights.write_bytes(b"stand-in")
@@ -102,6 +104,28 @@ def test_rfid_uses_local_weights_and_fails_clearly_without(val_folder, tmp_path,
         tmp_path / "e2" / "gts"
     )
     assert kwargs["fid"] and kwargs["feature_extractor_weights_path"] == str(weights)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [ModuleNotFoundError("No module named 'torch_fidelity'"), RuntimeError("operator torchvision::nms does not exist")],
+)
+def test_unimportable_torch_fidelity_is_one_line_status_2(val_folder, tmp_path, monkeypatch, capsys, failure):
+    import vision_tokenizer.evaluate as evaluate
+
+    real_import = evaluate.importlib.import_module
+
+    def import_module(name, *args):
+        if name == "torch_fidelity":
+            raise failure
+        return real_import(name, *args)
+
+    monkeypatch.setattr(evaluate.importlib, "import_module", import_module)
+    assert dualvitok_main(["evaluate", *_args(val_folder, tmp_path / "e")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("dualvitok: error: rFID needs torch-fidelity") and str(failure) in line
+    assert 'pip install -e ".[eval]"' in line and "--no-fid" in line
+    assert not (tmp_path / "e").exists()  # refused before any work
 
 
 @pytest.mark.distributed

@@ -42,6 +42,7 @@ from vision_tokenizer.job_args import evaluate_parser
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.runtime.distributed import DistContext, init_distributed
 from vision_tokenizer.utils.config import load_config
+from vision_tokenizer.utils.user_errors import UserError
 
 __all__ = ["main", "image_metrics", "find_inception_weights", "INCEPTION_WEIGHTS_FILE"]
 
@@ -64,26 +65,33 @@ def image_metrics(reference: np.ndarray, reconstruction: np.ndarray) -> tuple[fl
 
 
 def find_inception_weights(explicit: str | None) -> str:
-    """The local Inception weights file for rFID, or a SystemExit that says how to provide it."""
+    """The local Inception weights file for rFID, or a `UserError` that says how to provide it."""
     if explicit:
         if not os.path.isfile(explicit):
-            raise SystemExit(f"--inception-weights: file not found: {explicit}")
+            raise UserError(f"--inception-weights: file not found: {explicit}")
         return explicit
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", INCEPTION_WEIGHTS_FILE)
     if os.path.isfile(cached):
         return cached
-    raise SystemExit(
+    raise UserError(
         f"rFID needs torch-fidelity's Inception weights ({INCEPTION_WEIGHTS_FILE}); none at {cached}. "
         "Pass --inception-weights PATH (nothing is downloaded), or --no-fid to skip rFID."
     )
 
 
 def _import_fidelity() -> Any:
+    """torch-fidelity, or a `UserError` naming the fix.
+
+    A torchvision wheel that does not match the installed torch fails while torch-fidelity imports
+    it, with a RuntimeError (`operator torchvision::nms does not exist`) rather than an ImportError.
+    """
     try:
         return importlib.import_module("torch_fidelity")
-    except ImportError as error:
-        raise SystemExit(
-            f"rFID needs the torch-fidelity package ({error}); install it (pip install torch-fidelity) "
+    except (ImportError, RuntimeError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise UserError(
+            f"rFID needs torch-fidelity, which cannot be imported here ({reason}); "
+            'install it with pip install -e ".[eval]" and a torchvision build matching your torch, '
             "or pass --no-fid"
         ) from None
 
