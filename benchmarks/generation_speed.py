@@ -175,6 +175,7 @@ def run_official(model, vocab, grid, cond, uncond, sampling) -> None:
     model.generate(
         cond[0], attention_mask=cond[1], logits_processor=LogitsProcessorList([processor]), do_sample=True,
         temperature=sampling.text.temperature, top_k=sampling.text.top_k, top_p=sampling.text.top_p,
+        repetition_penalty=sampling.repetition_penalty,  # HF applies it before the custom processor
         max_new_tokens=grid.num_tokens, pad_token_id=vocab.pad,
     )  # fmt: skip
 
@@ -234,6 +235,10 @@ def main(argv=None) -> int:
         help="engine decoding modes to time (default both)",
     )
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0,
+        help="repetition penalty of every approach (released generation_config: likely 1.05)",
+    )  # fmt: skip
     parser.add_argument("--quantize", choices=("none", "int8", "fp8"), default="none",
                         help="weight-only quantization of the LLM (illume.inference.quantize)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (tiny mode)")
@@ -254,9 +259,13 @@ def main(argv=None) -> int:
         quantize_llm(model, args.quantize)
     vocab = ImageVocabulary.from_tokenizer(_LayoutTokenizer(shapes.base_vocab, shapes.codebooks))
     engine = GenerationEngine(model, vocab, use_cuda_graphs=not args.no_cuda_graphs)
-    sampling = SamplingConfig.create(1.0, 2048, 1.0, cfg_scale=2.0, do_sample=not args.greedy)
+    sampling = SamplingConfig.create(
+        1.0, 2048, 1.0, cfg_scale=2.0, do_sample=not args.greedy, repetition_penalty=args.repetition_penalty
+    )
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     mode = "greedy" if args.greedy else "top-k 2048/6144"
+    if sampling.repetition_penalty != 1.0:
+        mode += f", repetition penalty {sampling.repetition_penalty}"
     print(f"# {shapes.name} on {device_name} ({dtype}), CFG {sampling.cfg_scale}, {mode}")
 
     rows: list[Row] = []
@@ -306,6 +315,7 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(
                 dict(device=device_name, shapes=shapes.name, torch=torch.__version__, quantize=args.quantize,
+                     repetition_penalty=sampling.repetition_penalty,
                      **counts, rows=[asdict(r) for r in rows]),
                 handle, indent=2,
             )  # fmt: skip

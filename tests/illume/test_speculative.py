@@ -8,6 +8,8 @@ two-sample comparisons with the one-token engine further on).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from illume.inference import sampling as sampling_module
@@ -17,7 +19,7 @@ from illume.inference.engine import GenerationEngine, PromptEmbeddings, RowSpec
 from illume.inference.sampling import PhaseTable, SamplingConfig, cfg_combine, filtered_log_probs
 from illume.vocab import ImageGrid, ImageVocabulary
 from scipy.stats import chi2
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, RepetitionPenaltyLogitsProcessor
 
 from tests.illume.test_engine import _one_thread, keys_for, prompts, structure_ids, tiny_lm  # noqa: F401
 
@@ -46,19 +48,23 @@ def passes(engine: GenerationEngine, *args, **kwargs) -> tuple[list[list[int]], 
 
 
 @pytest.mark.parametrize(
-    "resolutions, cfg_scale",
+    "resolutions, cfg_scale, penalty",
     [
-        (((384, 512), (512, 384), (256, 256)), 2.5),
-        (((256, 256), (128, 384)), 1.0),
-        (((512, 384),), 1.5),  # an anchor alone
+        (((384, 512), (512, 384), (256, 256)), 2.5, 1.0),
+        (((256, 256), (128, 384)), 1.0, 1.0),
+        (((512, 384),), 1.5, 1.0),  # an anchor alone
+        (((256, 256), (128, 384)), 2.5, 1.3),  # repetition penalty: in-window seen sets matter
+        (((256, 256),), 1.0, 1.05),  # the Qwen2.5-Instruct generation_config value, no CFG
     ],
 )
-def test_greedy_jacobi_equals_one_token_decoding_in_fewer_passes(vocab, resolutions, cfg_scale):
+def test_greedy_jacobi_equals_one_token_decoding_in_fewer_passes(vocab, resolutions, cfg_scale, penalty):
     model = tiny_lm(vocab, tempt=structure_ids(vocab))  # adversarial head: leaks would show
     engine = GenerationEngine(model, vocab)
     grids = [ImageGrid.for_resolution(h, w) for h, w in resolutions]
     specs = [RowSpec(image=g) for g in grids]
-    sampling = SamplingConfig.create(1.0, 64, 1.0, cfg_scale=cfg_scale, do_sample=False)
+    sampling = SamplingConfig.create(
+        1.0, 64, 1.0, cfg_scale=cfg_scale, do_sample=False, repetition_penalty=penalty
+    )
     prompt = prompts(model, len(grids), cfg=sampling.uses_cfg)
     keys = keys_for(range(len(grids)))
     reference, reference_passes = one_token_reference(engine, prompt, specs, sampling, keys)
@@ -72,14 +78,18 @@ def test_greedy_jacobi_equals_one_token_decoding_in_fewer_passes(vocab, resoluti
     codes = max(g.num_semantic + g.num_pixel for g in grids)
     assert plain_passes <= codes + 2 < reference_passes
     assert jacobi_passes < plain_passes
+    if penalty != 1.0:  # the penalty is really applied (these random heads repeat codes)
+        unpenalized = replace(sampling, repetition_penalty=1.0)
+        assert engine.generate(prompt, specs, unpenalized, keys, speculative="jacobi") != reference
 
 
-def test_windows_without_drafts_reproduce_sampled_one_token_decoding(vocab):
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_windows_without_drafts_reproduce_sampled_one_token_decoding(vocab, penalty):
     model = tiny_lm(vocab)
     engine = GenerationEngine(model, vocab)
     grids = [ImageGrid.for_resolution(256, 256), ImageGrid.for_resolution(128, 192)]
     specs = [RowSpec(image=g) for g in grids]
-    sampling = SamplingConfig.create(0.9, 48, 0.9, cfg_scale=2.0)
+    sampling = SamplingConfig.create(0.9, 48, 0.9, cfg_scale=2.0, repetition_penalty=penalty)
     prompt = prompts(model, 2, cfg=True)
     reference, reference_passes = one_token_reference(engine, prompt, specs, sampling, keys_for([3, 4]))
     plain, plain_passes = passes(engine, prompt, specs, sampling, keys_for([3, 4]), speculative="none")
@@ -280,6 +290,96 @@ def test_sampled_jacobi_has_the_one_token_distribution(vocab, monkeypatch):
     accepted = _histograms(_sample(engine, prompt, sampling, range(2 * SAMPLES, 3 * SAMPLES), "jacobi"), probe, vocab)
     wrong = [_two_sample_chi2(h_plain[i], accepted[i])[0] for i in range(len(probe))]
     assert any(stat > limit for stat, limit in zip(wrong, limits)), (wrong, limits)
+
+
+def test_penalized_sampled_jacobi_has_the_one_token_distribution(vocab):
+    """With a repetition penalty, SJD and windows without drafts (bit-identical to the one-token
+    engine, test above) give the same per-position histograms."""
+    model = _peaked_model(vocab)
+    engine = GenerationEngine(model, vocab)
+    sampling = SamplingConfig.create(1.0, 6, 1.0, cfg_scale=1.5, repetition_penalty=1.15)
+    prompt = prompts(model, 1, cfg=True, seed=3)
+    codes = [i for i, lv in enumerate(vocab.schedule(GRID).level) if lv >= 0]
+    plain = _sample(engine, prompt, sampling, range(SAMPLES), "none")
+    jacobi = _sample(engine, prompt, sampling, range(SAMPLES, 2 * SAMPLES), "jacobi")
+    counts = _histograms(plain, codes, vocab)
+    probe = [pos for pos, row in zip(codes, counts) if int((row >= 20).sum()) >= 3]
+    assert len(probe) >= 6, probe
+    off = replace(sampling, repetition_penalty=1.0)
+    unpenalized = _histograms(_sample(engine, prompt, off, range(SAMPLES), "none"), probe, vocab)
+    h_plain, h_jacobi = _histograms(plain, probe, vocab), _histograms(jacobi, probe, vocab)
+    assert not torch.equal(h_plain, unpenalized)  # the penalty changes what is sampled
+    for i in range(len(probe)):
+        stat, dof = _two_sample_chi2(h_plain[i], h_jacobi[i])
+        assert stat < chi2.ppf(1 - ALPHA / len(probe), dof), (probe[i], stat)
+
+
+def test_penalized_window_targets_equal_the_transformers_forward_on_the_committed_prefix(vocab, monkeypatch):
+    """Sampled SJD with a repetition penalty: every target p the windows use to verify a draft or
+    decide a token (slots up to the first rejection, whose prefix is committed output) equals the
+    sequential conditional: a transformers forward of prompt + output, transformers' own
+    repetition penalty over the ids generated before that position, CFG, level mask and filters.
+    A window that penalised only the ids committed before it is caught."""
+    model = tiny_lm(vocab, seed=3)
+    engine = GenerationEngine(model, vocab)
+    grids = [ImageGrid.for_resolution(128, 128), ImageGrid.for_resolution(64, 192)]
+    sampling = SamplingConfig.create(1.0, 24, 0.95, cfg_scale=2.0, repetition_penalty=1.3)
+    prompt = prompts(model, 2, cfg=True, seed=5)
+    lo_u = vocab.level_range(0)[0]
+
+    def windows_and_output() -> tuple[list, list[list[int]]]:
+        recorded = []
+        real = speculative._next_drafts
+
+        def record(layout, logp, accepted, out_pos, *args):
+            recorded.append((logp.clone(), accepted.clone(), out_pos.clone()))
+            return real(layout, logp, accepted, out_pos, *args)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(speculative, "_next_drafts", record)
+            out = engine.generate(prompt, [RowSpec(image=g) for g in grids], sampling, keys_for([8, 9]),
+                                  speculative="jacobi", window=6)  # fmt: skip
+        return recorded, out
+
+    def mismatches(recorded, out) -> tuple[int, int]:
+        checked = wrong = 0
+        for r, (tokens, grid) in enumerate(zip(out, grids)):
+            schedule = vocab.schedule(grid)
+            rows = [r, r + len(grids)]  # conditional and unconditional prompt, same tokens after it
+            fed = model.get_input_embeddings()(torch.tensor([tokens] * 2))
+            embeds = torch.cat([prompt.embeds[rows], fed], 1)
+            mask = torch.cat([prompt.attention_mask[rows], torch.ones(2, len(tokens), dtype=torch.long)], 1)
+            with torch.no_grad():
+                logits = model(inputs_embeds=embeds, attention_mask=mask,
+                               position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits  # fmt: skip
+            penalty = RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)
+            for logp, accepted, out_pos in recorded:
+                for slot in range(int(accepted[r]) + 1):
+                    t = int(out_pos[r, slot])
+                    if t >= len(tokens) or schedule.level[t] < 0:
+                        continue
+                    level = schedule.level[t]
+                    lo, hi = vocab.level_range(level)
+                    at = prompt.embeds.shape[1] + t - 1  # the logits that predict token t
+                    cond = penalty(torch.tensor([tokens[:t]]), logits[:1, at].clone())
+                    guided = cfg_combine(cond[:, lo:hi], logits[1:, at, lo:hi], sampling.cfg_scale)
+                    phase = sampling.semantic if level == 0 else sampling.pixel
+                    expected = filtered_log_probs(guided, PhaseTable.build([[phase]], "cpu", hi - lo))[0]
+                    got = logp[r, slot, lo - lo_u : hi - lo_u]
+                    checked += 1
+                    wrong += not torch.allclose(got.exp(), expected.exp(), atol=1e-5)
+        return checked, wrong
+
+    checked, wrong = mismatches(*windows_and_output())
+    codes = sum(g.num_semantic + g.num_pixel for g in grids)
+    assert wrong == 0 and checked >= codes, (checked, wrong)  # every code is decided somewhere
+    real_first = speculative._first_fed_slot
+
+    def committed_only(fed, lo, width):  # forget the tokens fed earlier in the window
+        return torch.full_like(real_first(fed, lo, width), fed.shape[1])
+
+    monkeypatch.setattr(speculative, "_first_fed_slot", committed_only)
+    assert mismatches(*windows_and_output())[1] > 0
 
 
 @pytest.mark.gpu

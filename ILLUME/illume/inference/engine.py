@@ -406,8 +406,7 @@ class GenerationEngine:
         """
         if speculative not in SPECULATIVE_MODES:
             raise ValueError(f"speculative must be one of {SPECULATIVE_MODES}, got {speculative!r}")
-        # The windowed image path has no repetition penalty; with one, image rows step one by one.
-        if rows and all(r.image is not None for r in rows) and sampling.repetition_penalty == 1.0:
+        if rows and all(r.image is not None for r in rows):
             return self._generate_images(prompt, rows, sampling, keys, on_step, speculative, window)
         columns, masks = [], []
         for tokens, active in self.stream(prompt, rows, sampling, keys, max_new_tokens=max_new_tokens):

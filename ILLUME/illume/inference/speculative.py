@@ -16,6 +16,10 @@ cache columns and returns the next-token logits after every window position. A g
   distribution. Under greedy decoding, a draft is accepted when it equals the argmax, and the
   output equals non-speculative greedy decoding.
 
+With `repetition_penalty`, the target at window slot j is penalised with the ids the row
+committed plus the tokens fed at slots 1..j (the prefix being verified), so every verified or
+decided token sees exactly the seen set the one-token engine would have had.
+
 Each window commits at least one token. Randomness is counter-based (`sampling.step_keys`):
 a token decided from p (no draft, or the bonus after all drafts) uses the same Gumbel noise as
 the one-token engine, so `draft=False` reproduces it bit for bit; draft draws and acceptance
@@ -39,6 +43,7 @@ from illume.inference.sampling import (
     cfg_combine,
     filtered_log_probs,
     gumbel_noise,
+    penalize_repeats,
     step_keys,
     uniform_noise,
 )
@@ -123,6 +128,9 @@ def decode_image_rows(
     drafts = torch.zeros(batch, width - 1, dtype=torch.long, device=device)
     draft_logq = torch.full((batch, width - 1, union_width), -math.inf, device=device)
     have_drafts = False  # the first window has no predictions to draft from yet
+    penalty = sampling.repetition_penalty
+    # Code ids each row has committed, in union coordinates (structure tokens lie outside it).
+    seen = torch.zeros(batch, union_width, dtype=torch.bool, device=device) if penalty != 1.0 else None
     tables: dict = {}
     rows_idx = torch.arange(batch, device=device)
     window_index = 0
@@ -174,6 +182,10 @@ def decode_image_rows(
 
         # ---- target distributions p at every window slot, in union coordinates
         scores = logits[:batch]
+        if seen is not None:
+            first_fed = _first_fed_slot(fed, lo_u, union_width)
+            slot_seen = seen[:, None] | (first_fed[:, None] <= offsets[None, :, None])  # (B, T, U)
+            scores = penalize_repeats(scores, slot_seen[:, :, span[0] - lo_u : span[1] - lo_u], penalty)
         if cfg:
             scores = cfg_combine(scores, logits[batch:], sampling.cfg_scale)
         span_level = layout.id_level[span[0] - lo_u : span[1] - lo_u]
@@ -217,6 +229,10 @@ def decode_image_rows(
             choice = decide_p.argmax(-1) + lo_u
         forced_here = out_forced[rows_idx, accepted]
         choice = torch.where(forced_here >= 0, forced_here, choice)
+        if seen is not None:  # commit the verified slots' tokens and the decided one
+            seen = slot_seen[rows_idx, accepted]
+            code = (choice >= lo_u) & (choice < hi_u)
+            seen[rows_idx, (choice - lo_u).clamp(0, union_width - 1)] |= code
 
         # ---- next drafts: every later window slot's p (stale context), then the newest p
         if draft:
@@ -239,6 +255,17 @@ def decode_image_rows(
                 on_step()
         window_index += 1
     return committed, passes
+
+
+def _first_fed_slot(fed: torch.Tensor, lo: int, width: int) -> torch.Tensor:
+    """(B, U): the first window slot k >= 1 at which each union id is fed (T where never), so the
+    target after slot j has seen an id when its first slot is <= j."""
+    batch, T = fed.shape
+    ids = fed[:, 1:] - lo
+    inside = (ids >= 0) & (ids < width)
+    slots = torch.arange(1, T, device=fed.device).expand(batch, -1)
+    first = torch.full((batch, width), T, dtype=torch.long, device=fed.device)
+    return first.scatter_reduce_(1, ids.clamp(0, width - 1), torch.where(inside, slots, T), reduce="amin")
 
 
 def _at(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
