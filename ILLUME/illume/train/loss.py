@@ -111,7 +111,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "liger" if device.type == "cuda" and liger_available() else "chunked"
     if backend == "liger" and not liger_available():
-        raise ValueError("cross-entropy backend 'liger' needs liger-kernel: pip install -e '.[gpu]'")
+        raise ValueError("cross-entropy backend 'liger' needs liger-kernel: pip install -e '.[flash]'")
     return backend
 
 
