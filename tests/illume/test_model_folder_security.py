@@ -35,9 +35,10 @@ def planted(tiny_origin_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     shutil.copytree(tiny_origin_dir, folder)
     marker = tmp_path / "pwned"
     tiny_py = (REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py").read_text()
-    (folder / "dualvitok_config.py").write_text(
-        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n{tiny_py}"
-    )
+    # The side effect uses the `open` builtin, no import: mmengine turns imports of modules it does
+    # not count as built in (the standard library, seen from a virtual environment) into lazy
+    # objects, which would make the planted code fail instead of run when it is meant to run.
+    (folder / "dualvitok_config.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n{tiny_py}")
     config = json.loads((folder / "config.json").read_text())
     config["mm_vision_tower"]["vq_config"] = "dualvitok_config.py"
     (folder / "config.json").write_text(json.dumps(config))
