@@ -203,7 +203,10 @@ def test_torchrun_two_processes_learns_resumes_exactly_and_saves_a_loadable_mode
     reference = AutoModelForCausalLM.from_pretrained(resumed)
     for (name, p), (_, q) in zip(model.state_dict().items(), reference.state_dict().items()):
         assert torch.allclose(p, q, atol=1e-5), name
-    assert type(model).__name__ == "IllumeQwen2ForCausalLM"
+    # The saved folder names the released architecture; the Auto class loads it as that class (or
+    # as its generation-capable subclass once `illume.hf` has registered it).
+    assert json.loads((full / "config.json").read_text())["architectures"] == ["IllumeQwen2ForCausalLM"]
+    assert isinstance(model, illume.model.IllumeQwen2ForCausalLM)
     with torch.no_grad():
         out = model(input_ids=torch.tensor([[321, 84, 82, -200, 322]]), images=[torch.zeros(1, 3, 64, 64)])
     assert out.logits.shape[-1] == 1447 and torch.isfinite(out.logits).all()
