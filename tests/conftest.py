@@ -33,3 +33,26 @@ def golden() -> Path:
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+def golden_summary(golden: Path) -> dict:
+    """`mllm_summary.json`: each case's official prompt, image source and shapes."""
+    import json
+
+    return json.loads((golden / "mllm_summary.json").read_text())
+
+
+def golden_case_image(golden: Path, case: str = "one_image") -> torch.Tensor:
+    """The [-1, 1] image tensor a golden MLLM case was run on (its summary's `image_source`)."""
+    from safetensors.torch import load_file
+
+    file_name, key = golden_summary(golden)[case]["image_source"].split(":")
+    return load_file(golden / file_name)[key]
+
+
+def golden_question(prompt: str) -> str:
+    """The user's text of an official one-turn prompt, without the template's `<image>` lines."""
+    user = prompt.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+    while user.startswith("<image>\n"):
+        user = user.removeprefix("<image>\n")
+    return user

@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoProcessor
 
+from tests.conftest import golden_case_image, golden_question
 from tests.illume import tiny_models
 
 ATOL = RTOL = 1e-4
@@ -35,7 +36,7 @@ def one_image(golden: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def golden_image(golden: Path) -> torch.Tensor:
-    return load_file(golden / "dualvitok_tiny_io_256x256.safetensors")["image"]
+    return golden_case_image(golden)
 
 
 def test_export_is_self_contained(hf_dir: Path) -> None:
@@ -59,15 +60,18 @@ def test_auto_classes_reproduce_golden_logits(
     torch.testing.assert_close(logits, one_image["logits"], atol=ATOL, rtol=RTOL)
 
 
-def test_processor_builds_the_official_prompt_ids(hf_dir: Path, one_image: dict, summary_prompt: str) -> None:
+def test_processor_builds_the_official_prompt_ids(
+    hf_dir: Path, one_image: dict, summary_prompt: str, golden_image: torch.Tensor
+) -> None:
+    height, width = golden_image.shape[-2:]  # the size of the golden case's image
     processor = AutoProcessor.from_pretrained(hf_dir)
     assert isinstance(processor, IllumeProcessor)
     messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": golden_question(summary_prompt)}]}
     ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert prompt == summary_prompt
-    image = Image.fromarray(np.full((256, 256, 3), 90, dtype=np.uint8))
+    image = Image.fromarray(np.full((height, width, 3), 90, dtype=np.uint8))
     inputs = processor(text=prompt, images=[image])
     official = one_image["input_ids"][0].tolist()
     ids = inputs["input_ids"][0].tolist()
@@ -78,11 +82,11 @@ def test_processor_builds_the_official_prompt_ids(hf_dir: Path, one_image: dict,
     assert len(ids) == one_image["prepare.attention_mask"].shape[1]
     vocab = processor.vocabulary
     assert block[0] == vocab.start_of_image and block[-1] == vocab.end_of_image
-    grid = ImageGrid.for_resolution(256, 256)
+    grid = ImageGrid.for_resolution(height, width)
     assert block.count(processor.image_token_id) == grid.num_semantic + grid.num_pixel
-    assert [tuple(x.shape) for x in inputs["pixel_values"]] == [(1, 3, 256, 256)]
+    assert [tuple(x.shape) for x in inputs["pixel_values"]] == [(1, 3, height, width)]
     # 90/255 through the official processor: (x - 0.5) / 0.5
-    torch.testing.assert_close(inputs["pixel_values"][0], torch.full((1, 3, 256, 256), (90 / 255 - 0.5) / 0.5))
+    torch.testing.assert_close(inputs["pixel_values"][0], torch.full((1, 3, height, width), (90 / 255 - 0.5) / 0.5))
 
 
 def test_processor_pads_batches_on_the_left(hf_dir: Path) -> None:

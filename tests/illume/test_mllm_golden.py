@@ -85,10 +85,12 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     )
 
 
-def test_cases_are_discovered() -> None:
+def test_cases_are_discovered(summary: dict) -> None:
+    """Every inference case the summary describes (it has a prompt) and every training sample has its file."""
     names = {p.stem for p in _case_files()}
-    assert {"mllm_tiny_text_only", "mllm_tiny_one_image"} <= names
-    assert any(n.startswith("mllm_tiny_train_") for n in names)
+    described = {key for key, value in summary.items() if isinstance(value, dict) and "prompt" in value}
+    assert described and {f"{CASE_PREFIX}{key}" for key in described} <= names
+    assert {f"{CASE_PREFIX}train_{key}" for key in summary["training_samples"]} <= names
 
 
 def run_case(model: IllumeQwen2ForCausalLM, path: Path, summary: dict, monkeypatch) -> dict:

@@ -13,7 +13,7 @@ from illume.vocab import ImageVocabulary
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import manifests_dir
+from tests.conftest import golden_case_image, manifests_dir
 from tests.illume.test_mllm_golden import build_golden_model
 
 ATOL = RTOL = 1e-4
@@ -27,7 +27,7 @@ def golden_model(golden: Path) -> IllumeQwen2ForCausalLM:
 @pytest.fixture(scope="module")
 def one_image(golden: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     case = load_file(golden / "mllm_tiny_one_image.safetensors")
-    image = load_file(golden / "dualvitok_tiny_io_256x256.safetensors")["image"]
+    image = golden_case_image(golden)
     return case["input_ids"], image, case["logits"]
 
 

@@ -24,6 +24,7 @@ from PIL import Image, ImageFilter
 from safetensors.torch import load_file
 from vision_tokenizer.data.image_io import psnr
 
+from tests.conftest import golden_case_image, golden_question
 from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_origin_dir, tiny_sdxl_dir  # noqa: F401
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -125,7 +126,7 @@ def test_understanding_prompts_tokenize_like_the_golden_cases(pipe, golden):
     for name in ("text_only", "one_image"):
         expected = load_file(golden / f"mllm_tiny_{name}.safetensors")["input_ids"][0].tolist()
         assert pipe._tokenize(Prompt.template(summary[name]["prompt"])) == expected
-    message = understanding_message("Describe the image.", 1)
+    message = understanding_message(golden_question(summary["one_image"]["prompt"]), 1)
     assert (
         pipe._tokenize(pipe.template.generation_prompt(message))
         == load_file(golden / "mllm_tiny_one_image.safetensors")["input_ids"][0].tolist()
@@ -133,7 +134,7 @@ def test_understanding_prompts_tokenize_like_the_golden_cases(pipe, golden):
 
 
 def test_engine_prefill_reproduces_golden_next_token_logits(pipe, golden):
-    image = load_file(golden / "dualvitok_tiny_io_256x256.safetensors")["image"]
+    image = golden_case_image(golden)
     for case in _golden_cases(golden):
         tensors = load_file(case)
         ids = tensors["input_ids"][0].tolist()
