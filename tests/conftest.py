@@ -29,6 +29,15 @@ def golden() -> Path:
     return path
 
 
+@pytest.fixture()
+def one_thread():
+    """torch on one thread for the test (tiny models: thread hand-offs cost more than they save)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

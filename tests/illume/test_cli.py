@@ -7,19 +7,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from illume.cli import SUBCOMMANDS, Subcommand, build_parser, main, register_subcommand
 from PIL import Image
 
 from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_origin_dir  # noqa: F401
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models on 2 shared CI cores: thread hand-offs would dominate (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -17,13 +17,8 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 ANCHORS = ((256, 256), *RATIOS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine has 2 shared cores; thread hand-offs dominate tiny ops otherwise.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models on 2 shared CI cores: thread hand-offs would dominate (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,8 @@ from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_origin_dir  # noqa
 SIZE = "64x64"  # the tiny tokenizer has <height_64>/<width_64> tags; 4x4 pixel codes keep runs fast
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models on 2 shared CI cores: thread hand-offs would dominate (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from illume.eval.generation_eval import main, out_image_name, read_edit_items, read_t2i_items
 from PIL import Image
 
 from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_origin_dir  # noqa: F401
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models on 2 shared CI cores: thread hand-offs would dominate (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_jsonl(path, records):

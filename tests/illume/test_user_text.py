@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from illume.data.preprocess import tokenizer_image_token
 from illume.inference import IllumePipeline
 from illume.inference.prompts import (
@@ -42,12 +41,8 @@ class _Captured(Exception):
     """Raised by the recorder in place of the model run: the prompt ids were all we needed."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models on 2 shared CI cores: thread hand-offs would dominate (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from illume.inference import IllumePipeline
 from illume.inference.validation import (
     ContextLimits,
@@ -27,12 +26,8 @@ from tests.illume.tiny_models import tiny_dualvitok_dir, tiny_origin_dir  # noqa
 UNSUPPORTED = [(80, 48), (2048, 2048), (16, 16)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models on 2 shared CI cores: thread hand-offs would dominate (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ pure checks
