@@ -291,13 +291,8 @@ def test_torchrun_with_deepspeed_zero3_on_cpu_matches_zero2(
         torch.testing.assert_close(tensor, reference[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
-@pytest.mark.distributed
-@pytest.mark.slow
-@_NEEDS_DEEPSPEED
-def test_zero3_stops_with_a_clear_error_when_ranks_would_gather_differently(tiny_llm: Path, tmp_path: Path) -> None:
-    """One rank's sample holds two input images of different sizes (two pixel-encoder runs, the ViT's
-    per-image path), the other's one image: their ZeRO-3 gathers would differ. The trainer says so
-    at the first such step instead of DeepSpeed failing later on a trace mismatch."""
+def _two_size_config(tmp_path: Path, records: list[dict], overrides: str = "") -> Path:
+    """The tiny config on `records` over a 64x96 `wide.png` and a 96x64 `tall.png`."""
     from PIL import Image
 
     data = tmp_path / "data"
@@ -307,12 +302,6 @@ def test_zero3_stops_with_a_clear_error_when_ranks_would_gather_differently(tiny
     for name, (height, width) in {"wide.png": (64, 96), "tall.png": (96, 64)}.items():
         pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
         Image.fromarray(pixels.numpy()).save(data / "images" / name)
-    records = [
-        {"images": ["wide.png", "tall.png"], "conversations": [
-            {"from": "human", "value": "<image>\n<image>\nWhich one is wider?"}, {"from": "gpt", "value": "The first."}]},
-        {"images": ["tall.png"], "conversations": [
-            {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Random colours."}]},
-    ]  # fmt: skip
     (data / "jsonl" / "0000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     meta = data / "meta.json"
     entry = {"root": str(data), "image_dir": str(data / "images"), "annotation_dir": str(data / "jsonl"),
@@ -322,15 +311,55 @@ def test_zero3_stops_with_a_clear_error_when_ranks_would_gather_differently(tiny
     config.write_text(
         f"_base_ = [{str(TINY_CONFIG)!r}]\n"
         f"data_args = dict(meta_data_info_list=[dict(meta_configs=[{str(meta)!r}], dataset_dtype='DefaultDataset', "
-        "data_infos=dict(two_sizes=-1), image_aspect_ratio='anyres_dualvitok')])\n"
+        "data_infos=dict(two_sizes=-1), image_aspect_ratio='anyres_dualvitok')])\n" + overrides
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29635",
-               str(TRAIN_SCRIPT), str(config), f"--model_args.language_model.pretrained_model_name_or_path={tiny_llm}",
-               f"--training_args.output_dir={tmp_path / 'out'}", "--training_args.num_train_epochs=1",
-               "--training_args.deepspeed=ILLUME/scripts/zero3.json"]  # fmt: skip
+    return config
+
+
+def _zero3_args(config: Path, tiny_llm: Path, out: Path) -> list[str]:
+    return [str(TRAIN_SCRIPT), str(config), f"--model_args.language_model.pretrained_model_name_or_path={tiny_llm}",
+            f"--training_args.output_dir={out}", "--training_args.num_train_epochs=1",
+            "--training_args.deepspeed=ILLUME/scripts/zero3.json"]  # fmt: skip
+
+
+def _question(images: list[str]) -> dict:
+    return {"images": images, "conversations": [
+        {"from": "human", "value": "<image>\n" * len(images) + "Describe it."}, {"from": "gpt", "value": "Colours."}]}  # fmt: skip
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@_NEEDS_DEEPSPEED
+def test_zero3_stops_with_a_clear_error_when_ranks_would_gather_differently(tiny_llm: Path, tmp_path: Path) -> None:
+    """One rank's sample holds two input images of different sizes (two pixel-encoder runs, the ViT's
+    per-image path), the other's one image: their ZeRO-3 gathers would differ. No sampler can put
+    one sample's own images in one size; the trainer says so at the first such step instead of
+    DeepSpeed failing later on a trace mismatch."""
+    config = _two_size_config(tmp_path, [_question(["wide.png", "tall.png"]), _question(["tall.png"])])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29635",
+               *_zero3_args(config, tiny_llm, tmp_path / "out")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode != 0
-    assert "ZeRO-3: ranks would run the pixel encoder [2, 1] times" in result.stderr + result.stdout or (
-        "ZeRO-3: ranks would run the pixel encoder [1, 2] times" in result.stderr + result.stdout
+    output = result.stderr + result.stdout
+    assert "ZeRO-3: ranks would run the pixel encoder [2, 1] times" in output or (
+        "ZeRO-3: ranks would run the pixel encoder [1, 2] times" in output
     ), result.stderr[-3000:]
+    assert "one sample's own input images differ in size" in output
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@_NEEDS_DEEPSPEED
+def test_zero3_with_batches_of_two_trains_on_mixed_sizes_through_size_buckets(tiny_llm: Path, tmp_path: Path) -> None:
+    """Two samples per device over 64x96, 96x64 and text-only samples: the size-bucketed sampler
+    gives every micro-batch one input size, so all ranks gather alike and the epoch trains (with the
+    plain random order this data stops at step 1 on the trainer's check)."""
+    records = [_question(["wide.png"])] * 3 + [_question(["tall.png"])] * 3
+    records += [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}] * 2
+    config = _two_size_config(tmp_path, records, "training_args = dict(per_device_train_batch_size=2)\n")
+    out = tmp_path / "out"
+    _torchrun(_zero3_args(config, tiny_llm, out), 29636)
+    logs = _losses(out)
+    assert [r["step"] for r in logs] == [1, 2]  # 8 samples, 2 per device on 2 ranks
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)

@@ -150,6 +150,7 @@ class DefaultDataset(Dataset):
         self.error_policy = error_policy or RecordErrorPolicy()
         self.seed = seed
         self.epoch = 0
+        self._input_sizes: dict[Path, tuple[int, int]] = {}
         self.indices = list(range(len(source)))
         if validate:
             self.indices = [i for i in self.indices if self._is_valid(i)]
@@ -176,7 +177,7 @@ class DefaultDataset(Dataset):
                 if not path.is_file():
                     raise MalformedRecord(location, f"image file not found: {path}")
                 try:
-                    image_positions += self.image_preprocessor.num_positions(path) - 1
+                    image_positions += ImageGrid.for_resolution(*self._input_size(path)).num_tokens - 1
                 except (OSError, ValueError) as err:  # PIL cannot even read the header
                     raise MalformedRecord(location, f"unreadable image {path}: {err}") from None
             try:
@@ -349,6 +350,19 @@ class DefaultDataset(Dataset):
         length += sum(self.image_preprocessor.num_positions(path) for path in prepared.input_images)
         return length if prepared.has_images else -max(length, 1)
 
+    def input_image_sizes(self, index: int) -> tuple[tuple[int, int], ...]:
+        """(H, W) of each input image tensor of sample `index` without loading pixels, for
+        size-bucketed batches; the CFG variants keep the same input images."""
+        location, record = self.source[self.indices[index]]
+        prepared = self.prepare(record, location, unconditional=False)
+        return tuple(self._input_size(path) for path in prepared.input_images)
+
+    def _input_size(self, path: Path) -> tuple[int, int]:
+        """The preprocessed (H, W) of an input image file; its header is read once (validation)."""
+        if path not in self._input_sizes:
+            self._input_sizes[path] = self.image_preprocessor.input_size(path)
+        return self._input_sizes[path]
+
 
 class Text2ImageDataset(DefaultDataset):
     """Text-to-image pairs; the unconditional variant asks for "a random image" of the same size."""
@@ -414,3 +428,6 @@ class MixedDataset(Dataset):
 
     def modality_lengths(self) -> list[int]:
         return [ds.modality_length(i) for ds in self.datasets for i in range(len(ds))]
+
+    def input_image_sizes(self) -> list[tuple[tuple[int, int], ...]]:
+        return [ds.input_image_sizes(i) for ds in self.datasets for i in range(len(ds))]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from vision_tokenizer.data.image_io import image_to_tensor, smart_resize
 from vision_tokenizer.data.transforms import AspectRatioCrop, center_crop, resize_short_side
 
@@ -31,6 +31,8 @@ IMAGE_ASPECT_RATIO_MODES = (
     "anyres_dualvitok_fix_centercrop",
     "anyres_dualvitok_fix_resize",
 )
+# EXIF orientations that swap width and height (transpose, 90° turns, transverse).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,26 @@ class ImagePreprocessor:
             height = width = self.base_resolution
         return smart_resize(height, width, PIXEL_PATCH, self.min_pixels, self.max_pixels)
 
-    def num_positions(self, path: Path) -> int:
-        """LLM positions the image at `path` occupies as an input (read from the file header only)."""
+    def input_size(self, path: Path) -> tuple[int, int]:
+        """(H, W) of the tensor this mode makes of the image at `path`, read from the file header only
+        (EXIF orientation included, as `load_image` applies it)."""
         with Image.open(path) as img:
             width, height = img.size
-        return ImageGrid.for_resolution(*self.output_size(height, width)).num_tokens
+            if _header_orientation(img) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+        return self.output_size(height, width)
+
+    def num_positions(self, path: Path) -> int:
+        """LLM positions the image at `path` occupies as an input (read from the file header only)."""
+        return ImageGrid.for_resolution(*self.input_size(path)).num_tokens
+
+
+def _header_orientation(img: Image.Image) -> int:
+    """The EXIF orientation known without decoding: Pillow's PNG `getexif` decodes the whole file
+    to look for an eXIf chunk after the pixels, so for PNG only a chunk before them counts."""
+    if img.format != "PNG":
+        return img.getexif().get(ExifTags.Base.Orientation, 1)
+    exif = Image.Exif()
+    if "exif" in img.info:
+        exif.load(img.info["exif"])
+    return exif.get(ExifTags.Base.Orientation, 1)

@@ -11,11 +11,13 @@ Differences from the plain Trainer, each for a reason:
   head + cross-entropy, optionally packed rows); it is also logged per dataset (`loss/<dataset>`,
   reduced over all ranks): the mean of the token-mean losses of that dataset's samples (with
   liger, which returns only the batch loss, each sample counts with its micro-batch's loss);
-* `group_by_modality_length` uses :class:`ModalityLengthGroupedSampler`;
+* `group_by_modality_length` uses :class:`ModalityLengthGroupedSampler`; under ZeRO-3 with more
+  than one sample per device :class:`SizeBucketedSampler` instead, so each micro-batch's input
+  images share one size (one sample per device keeps the plain order);
 * trainable half-precision weights without DeepSpeed are refused (no fp32 master copy); under
   ZeRO-3 each step checks that all ranks run the pixel encoder equally often (images of
   different sizes in one batch run it once per image), raising instead of hanging in mismatched
-  gathers — one input image per sample, as in every shipped recipe, always passes;
+  gathers — after the bucketing only a sample whose own input images differ in size can fail;
 * every checkpoint folder also holds the DualViTok architecture (`VQ_CONFIG_FILE`), so it loads
   through `AutoModelForCausalLM.from_pretrained` anywhere.
 """
@@ -33,7 +35,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from illume.data.sampler import ModalityLengthGroupedSampler
+from illume.data.sampler import ModalityLengthGroupedSampler, SizeBucketedSampler
 from illume.train.checkpoints import staged_save
 from illume.train.model_builder import MODULE_PREFIXES, save_vq_config
 from illume.train.objective import ObjectiveConfig, empty_index, training_objective
@@ -113,7 +115,9 @@ def check_same_encoder_calls(images: Sequence[torch.Tensor], device: torch.devic
         raise RuntimeError(
             f"ZeRO-3: ranks would run the pixel encoder {calls} times this step (input images of "
             "different sizes in one batch also take the ViT's per-image path), so their parameter "
-            "gathers would differ; use ZeRO-2 for such data, or one input image per sample"
+            "gathers would differ. The size-bucketed sampler cannot prevent this when one sample's "
+            "own input images differ in size: resize them to one size, use ZeRO-2 for such data, "
+            "or give each sample one input image"
         )
 
 
@@ -168,6 +172,13 @@ class ILLUMETrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self._zero3 and self.args.train_batch_size > 1 and hasattr(dataset, "input_image_sizes"):
+            return SizeBucketedSampler(
+                dataset.input_image_sizes(),
+                batch_size=self.args.train_batch_size,
+                world_size=self.args.world_size,
+                seed=self.args.seed,
+            )
         if getattr(self.args, "group_by_modality_length", False):
             return ModalityLengthGroupedSampler(
                 dataset.modality_lengths(),
