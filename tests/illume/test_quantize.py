@@ -10,7 +10,9 @@ from illume.inference.sampling import SamplingConfig
 from illume.vocab import ImageGrid, ImageVocabulary
 from transformers import AutoTokenizer
 
-from tests.illume.test_engine import _one_thread, keys_for, prompts, tiny_lm  # noqa: F401
+from tests.illume.test_engine import keys_for, prompts, tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 pytest.importorskip("torchao")
 from illume.inference.quantize import decoder_layer_bytes, quantize_llm  # noqa: E402

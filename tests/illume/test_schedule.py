@@ -15,7 +15,9 @@ from illume.inference.schedule import GENERATION_RESOLUTIONS, TextRules
 from illume.vocab import RATIOS, ImageGrid, ImageVocabulary
 from transformers import AutoTokenizer
 
-from tests.illume.test_engine import _one_thread, tiny_lm  # noqa: F401  (autouse fixture)
+from tests.illume.test_engine import tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,9 @@ from illume.vocab import ImageGrid, ImageVocabulary
 from scipy.stats import chi2
 from transformers import AutoTokenizer, RepetitionPenaltyLogitsProcessor
 
-from tests.illume.test_engine import _one_thread, keys_for, prompts, structure_ids, tiny_lm  # noqa: F401
+from tests.illume.test_engine import keys_for, prompts, structure_ids, tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
 @pytest.fixture(scope="module")
