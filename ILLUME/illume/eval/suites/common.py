@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -261,18 +261,8 @@ class ImageOptions:
     speculative: str = "jacobi"
 
     def pipeline_kwargs(self) -> dict[str, Any]:
-        """Keywords for `IllumePipeline.generate` / `edit`."""
-        return dict(
-            cfg_scale=self.cfg_scale,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            official_double_sampling=self.official_double_sampling,
-            decoder=self.decoder,
-            diffusion_cfg_scale=self.diffusion_cfg_scale,
-            diffusion_steps=self.diffusion_steps,
-            speculative=self.speculative,
-        )
+        """Keywords for `IllumePipeline.generate` / `edit`: every option but the batching and the seed."""
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "seed")}
 
     def record(self) -> dict[str, Any]:
         """What decides the images; the batch size does not (a row depends only on its own seed)."""
@@ -441,19 +431,8 @@ def run_edit(
 # ---------------------------------------------------------------------------------------------
 # the whole run of a suite
 def image_options(args: Any) -> ImageOptions:
-    return ImageOptions(
-        cfg_scale=args.cfg_scale,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        official_double_sampling=args.official_double_sampling,
-        decoder=args.decoder,
-        diffusion_cfg_scale=args.diffusion_cfg_scale,
-        diffusion_steps=args.diffusion_steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        speculative=args.speculative,
-    )
+    """The options from the parsed flags (each field has a flag of the same name)."""
+    return ImageOptions(**{f.name: getattr(args, f.name) for f in fields(ImageOptions)})
 
 
 def _run_suite(
