@@ -55,7 +55,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _launcher_rank(parser: argparse.ArgumentParser) -> None:
+def _process_options(parser: argparse.ArgumentParser) -> None:
+    """`--device` and the launcher's `--local-rank`, shared by the jobs that run under torchrun."""
+    parser.add_argument(
+        "--device", default=None, help="force a device (cpu, cuda, npu); default: the accelerator of this machine"
+    )
     add_option(parser, "--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
                help=argparse.SUPPRESS)  # passed by some launchers; unused (torchrun sets LOCAL_RANK)
 
@@ -87,15 +91,12 @@ def train_parser(prog: str = "python -m vision_tokenizer.train") -> argparse.Arg
     parser.add_argument(
         "--overwrite", action="store_true", help="with --fresh: delete that earlier run's checkpoints and logs"
     )
-    parser.add_argument(
-        "--device", default=None, help="force a device (cpu, cuda, npu); default: the accelerator of this machine"
-    )
     add_option(
         parser, "--stop-after-steps", "--stop_after_steps", dest="stop_after_steps", type=int, default=None,
         help="leave after this many optimizer steps of this invocation (the schedule still "
         "spans the whole run; pair with --resume to continue)",
     )  # fmt: skip
-    _launcher_rank(parser)
+    _process_options(parser)
     return parser
 
 
@@ -123,8 +124,7 @@ def evaluate_parser(prog: str = "python -m vision_tokenizer.evaluate") -> argpar
                help="data loader workers per process")
     parser.add_argument("--no-fid", action="store_true", help="skip rFID / Inception Score (no torch-fidelity needed)")
     parser.add_argument("--inception-weights", default=None, help="local Inception weights file for rFID")
-    parser.add_argument("--device", default=None, help="force a device (cpu, cuda, npu); default: automatic")
-    _launcher_rank(parser)
+    _process_options(parser)
     return parser
 
 
@@ -158,8 +158,7 @@ def codebook_inference_parser(prog: str = "python -m vision_tokenizer.codebook_i
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its part files")
     add_option(parser, "--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=8,
                help="images encoded together (equal sizes only)")
-    parser.add_argument("--device", default=None, help="force a device (cpu, cuda, npu); default: automatic")
-    _launcher_rank(parser)
+    _process_options(parser)
     return parser
 
 
