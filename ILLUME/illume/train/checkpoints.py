@@ -84,17 +84,9 @@ def resume_checkpoint(output_dir: str | os.PathLike, set_aside: bool) -> str | N
     if set_aside and staging.is_dir():
         for leftover in sorted(staging.iterdir()):
             logger.warning("%s is a checkpoint whose write was interrupted", leftover)
-            store.aside.mkdir(parents=True, exist_ok=True)
-            os.replace(leftover, _free_name(store.aside / f"{leftover.name}.incomplete"))
+            store.move_aside(leftover, "incomplete")
     point = store.latest(validate_checkpoint, set_aside=set_aside)
     return None if point is None else str(point.checkpoint.path)
-
-
-def _free_name(path: Path) -> Path:
-    candidate, number = path, 1
-    while candidate.exists():
-        candidate, number = path.with_name(f"{path.name}.{number}"), number + 1
-    return candidate
 
 
 @contextlib.contextmanager

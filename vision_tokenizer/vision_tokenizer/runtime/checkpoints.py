@@ -201,7 +201,7 @@ class CheckpointDir:
                 marker.unlink()  # a marker whose write was interrupted says nothing
             for leftover in sorted(self.directory.glob(f"{self.prefix}*{self.suffix}.tmp")):
                 logger.warning("%s is a checkpoint whose write was interrupted", leftover)
-                moved.append(self._set_aside(leftover, "incomplete"))
+                moved.append(self.move_aside(leftover, "incomplete"))
         for checkpoint in reversed(self.list()):
             marked = self.is_marked(checkpoint.path)
             try:
@@ -211,7 +211,7 @@ class CheckpointDir:
                 kind = "corrupt" if self.marker_path(checkpoint.path).is_file() else "incomplete"
                 logger.warning("skipping %s checkpoint %s: %s", kind, checkpoint.path, error)
                 if set_aside:
-                    moved.append(self._set_aside(checkpoint.path, kind))
+                    moved.append(self.move_aside(checkpoint.path, kind))
                 continue
             logger.info(
                 "resuming from %s (step %d%s)",
@@ -229,7 +229,8 @@ class CheckpointDir:
             return None
         return torch_load(path)
 
-    def _set_aside(self, path: Path, kind: str) -> Path:
+    def move_aside(self, path: Path, kind: str) -> Path:
+        """Rename `path` into `aside` as `<name>.<kind>` (numbered if taken); returns the new path."""
         self.aside.mkdir(parents=True, exist_ok=True)
         base = self.aside / (path.name.removesuffix(".tmp") + f".{kind}")
         target, number = base, 1
