@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-__all__ = ["DecoderState", "StaticDecoder", "FusedLayer", "fuse_projections", "LENGTH_BUCKET"]
+__all__ = ["DecoderState", "StaticDecoder", "FusedLayer", "fuse_projections", "LENGTH_BUCKET", "bucketed"]
 
 Span = tuple[int, int]
 LENGTH_BUCKET = 256
@@ -118,8 +118,13 @@ class WindowInputs:
     mask: torch.Tensor
 
 
+def bucketed(length: int) -> int:
+    """`length` rounded up to a whole number of `LENGTH_BUCKET`s."""
+    return -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+
+
 def _bucket(filled: int, max_len: int) -> int:
-    return min(max_len, -(-filled // LENGTH_BUCKET) * LENGTH_BUCKET)
+    return min(max_len, bucketed(filled))
 
 
 class StaticDecoder:

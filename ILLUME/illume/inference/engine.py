@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from illume.inference.decoder import LENGTH_BUCKET, StaticDecoder
+from illume.inference.decoder import StaticDecoder, bucketed
 from illume.inference.sampling import (
     PIXEL,
     SEMANTIC,
@@ -216,8 +216,7 @@ class GenerationEngine:
         dec = self._decoder
         if dec is None or dec.rows != rows or dec.max_len < max_len:
             self._decoder = None  # free the old cache before allocating the new one
-            bucketed = -(-max_len // LENGTH_BUCKET) * LENGTH_BUCKET
-            dec = StaticDecoder(self.model, rows, bucketed, self.use_cuda_graphs)
+            dec = StaticDecoder(self.model, rows, bucketed(max_len), self.use_cuda_graphs)
             self._decoder = dec
             self.decoder_builds += 1
         return dec
@@ -340,10 +339,11 @@ class GenerationEngine:
         if sampling.repetition_penalty != 1.0:
             width = self.model.get_output_embeddings().weight.shape[0]
             seen = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
+            row_index = torch.arange(batch, device=self.device)
         for step in range(steps):
             tokens = self._select(pattern, logits, step_keys(keys, step), sampling, seen)
             if seen is not None:
-                seen[torch.arange(batch, device=self.device), tokens] = True
+                seen[row_index, tokens] = True
             host = tokens.tolist() if any(s.needs_host for s in states) else None
             active = [not s.done for s in states]
             visible = list(active) + ([False] * batch if cfg else [])
