@@ -166,6 +166,26 @@ class DemoHandlers:
             return "sdxl"
         return "dualvitok"
 
+    def _image_settings(
+        self,
+        cfg_scale: float,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int,
+        decoder: str,
+        diffusion_cfg_scale: float,
+        diffusion_steps: int,
+        speculative: str | None,
+    ) -> dict[str, Any]:
+        """The checked sampling and decoding keywords of `generate` and `edit` (Gradio sends floats)."""
+        temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
+        return dict(
+            cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+            seed=int(seed), decoder=self._decoder(decoder), diffusion_cfg_scale=float(diffusion_cfg_scale),
+            diffusion_steps=int(diffusion_steps), speculative=speculative or self.speculative,
+        )  # fmt: skip
+
     def generate(
         self,
         prompt: str,
@@ -183,16 +203,10 @@ class DemoHandlers:
     ) -> Image.Image:
         """Text-to-image at one anchor resolution (twice that with the SDXL decoder)."""
         text = self.limits.check_prompt(prompt)
-        temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
         size = parse_resolution(resolution, sizes=self.resolutions)
-        chosen = self._decoder(decoder)
-        images = self.pipe.generate(
-            [text], resolution=size, cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=int(top_k),
-            top_p=float(top_p), seed=int(seed), decoder=chosen,
-            diffusion_cfg_scale=float(diffusion_cfg_scale), diffusion_steps=int(diffusion_steps),
-            speculative=speculative or self.speculative,
-        )  # fmt: skip
-        return images[0]
+        settings = self._image_settings(cfg_scale, temperature, top_k, top_p, seed, decoder,
+                                        diffusion_cfg_scale, diffusion_steps, speculative)  # fmt: skip
+        return self.pipe.generate([text], resolution=size, **settings)[0]
 
     def edit(
         self,
@@ -213,14 +227,8 @@ class DemoHandlers:
         """Edit the uploaded image by instruction; the result has the input's size."""
         image = self.limits.load_image(image_path)
         text = self.limits.check_prompt(instruction, "instruction")
-        temperature, top_k, top_p = self.limits.check_sampling(temperature, top_k, top_p)
         size = parse_resolution(resolution, allow_auto=self.auto_resolution, sizes=self.resolutions)
-        chosen = self._decoder(decoder)
-        images = self.pipe.edit(
-            [image], [text], resolution=size, cfg_scale=float(cfg_scale),
-            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed),
-            decoder=chosen, diffusion_cfg_scale=float(diffusion_cfg_scale),
-            diffusion_steps=int(diffusion_steps), speculative=speculative or self.speculative,
-        )  # fmt: skip
-        return images[0]
+        settings = self._image_settings(cfg_scale, temperature, top_k, top_p, seed, decoder,
+                                        diffusion_cfg_scale, diffusion_steps, speculative)  # fmt: skip
+        return self.pipe.edit([image], [text], resolution=size, **settings)[0]
 
