@@ -206,9 +206,6 @@ class ExampleData:
     photos: tuple[Photo, ...]
     edits: tuple[tuple[str, str, str], ...]  # (photo name, edit key, instruction)
 
-    def photo_path(self, name: str) -> Path:
-        return self.image_dir / f"{name}.png"
-
 
 def select_photos(names: tuple[str, ...] | list[str]) -> tuple[Photo, ...]:
     """The photos called `names`, in that order (all of them for an empty list)."""
