@@ -30,12 +30,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.models.fast_decode import FastDecoder
+from vision_tokenizer.runtime.distributed import DTYPES
 from vision_tokenizer.utils.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_CONFIG = REPO_ROOT / "configs" / "example" / "dualvitok" / "dualvitok_anyres_max512.py"
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "dualvitok_tiny.py"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The official code on one H200: random weights, bf16 autocast, 256x256, batch 32 (images/s).
 OFFICIAL_H200 = {"encode": 23.0, "decode": 69.0}
 OFFICIAL_SIZE = 256

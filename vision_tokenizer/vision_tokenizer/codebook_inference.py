@@ -45,7 +45,7 @@ from vision_tokenizer.data.transforms import RATIOS, AspectRatioCrop, build_tran
 from vision_tokenizer.job_args import codebook_inference_parser
 from vision_tokenizer.models.dualvitok import DualViTok
 from vision_tokenizer.runtime.atomic import atomic_write_jsonl, atomic_write_text
-from vision_tokenizer.runtime.distributed import DistContext, init_distributed
+from vision_tokenizer.runtime.distributed import DTYPES, DistContext, init_distributed
 from vision_tokenizer.runtime.jsonl import RecordError, decode, iter_raw
 from vision_tokenizer.runtime.sharded_jsonl import ShardedJsonlWriter
 from vision_tokenizer.utils.config import load_config
@@ -54,7 +54,6 @@ __all__ = ["main", "build_parser", "read_annotation_records", "AnnotationRecord"
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _SUFFIXES = (".jsonl", ".json")
 # Records handed to the encoder between two writes of the part file (the resume granularity).
 _CHUNK_RECORDS = 64

@@ -40,7 +40,7 @@ from vision_tokenizer.data.image_io import tensor_to_uint8
 from vision_tokenizer.data.sampler import collate_images
 from vision_tokenizer.job_args import evaluate_parser
 from vision_tokenizer.models.dualvitok import DualViTok
-from vision_tokenizer.runtime.distributed import DistContext, init_distributed
+from vision_tokenizer.runtime.distributed import DTYPES, DistContext, init_distributed
 from vision_tokenizer.utils.config import load_config
 from vision_tokenizer.utils.user_errors import UserError
 
@@ -48,7 +48,6 @@ __all__ = ["main", "image_metrics", "find_inception_weights", "INCEPTION_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # torch-fidelity's converted TF-Inception weights, as named in the torch hub cache.
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 

@@ -36,6 +36,7 @@ from vision_tokenizer.job_args import (
     DEFAULT_SDXL_STEPS,
     reconstruct_parser,
 )
+from vision_tokenizer.runtime.distributed import DTYPES
 from vision_tokenizer.utils.user_errors import UserError, run_cli
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["main", "run_reconstruct", "sdxl_token_size", "collect_images", "output_names", "RECON_SUFFIX"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RECON_SUFFIX = ".recon.png"
 CODES_SUFFIXES = (".codes.json", ".codes.npz")
 METRICS_FILE = "metrics.json"

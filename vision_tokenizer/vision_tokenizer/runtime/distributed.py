@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "DTYPES",
     "DistContext",
     "init_distributed",
     "pick_device",
@@ -28,6 +29,10 @@ __all__ = [
     "average_tensors",
     "broadcast_module",
 ]
+
+
+# The `--dtype` names of the jobs (`vision_tokenizer.job_args.DTYPE_NAMES`) as torch dtypes.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
