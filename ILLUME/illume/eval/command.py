@@ -202,9 +202,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vision_tokenizer.utils.user_errors import run_cli
+    from vision_tokenizer.utils.user_errors import OneLineErrorParser, run_cli
 
-    parser = argparse.ArgumentParser(prog="illume eval", description=HELP)
+    parser = OneLineErrorParser(prog="illume eval", description=HELP)  # one-line usage errors, as `illume eval`
     configure(parser)
     return run_cli("illume eval", lambda items: run(parser.parse_args(items)), argv)
 
