@@ -108,15 +108,15 @@ def run(cfg: Any) -> ILLUMETrainer:
         # Every trainable parameter is in each step's graph, image-less steps included
         # (IllumeQwen2Model.idle_vision_term).
         args.ddp_find_unused_parameters = False
-    tower = model_args["mm_vision_tower"]
+    tower = VisionTowerConfig.from_dict(model_args["mm_vision_tower"])
     report = data_args.get("record_error_report") or Path(args.output_dir) / "malformed_records.jsonl"
     error_policy = RecordErrorPolicy(data_args.get("record_error_policy", "raise"), resolve_path(report))
     dataset = build_training_dataset(
         data_args,
         built.tokenizer,
         get_template(model_args.get("version", "qwen2")),
-        min_pixels=VisionTowerConfig.from_dict(tower).min_pixels,
-        max_pixels=VisionTowerConfig.from_dict(tower).max_pixels,
+        min_pixels=tower.min_pixels,
+        max_pixels=tower.max_pixels,
         model_max_length=args.model_max_length,
         base_dir=REPO_ROOT,
         error_policy=error_policy,

@@ -36,6 +36,7 @@ from transformers import Trainer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from illume.data.sampler import ModalityLengthGroupedSampler, SizeBucketedSampler
+from illume.train.arguments import EXTRA_DEFAULTS
 from illume.train.checkpoints import staged_save
 from illume.train.model_builder import MODULE_PREFIXES, save_vq_config
 from illume.train.objective import ObjectiveConfig, empty_index, training_objective
@@ -43,6 +44,9 @@ from illume.train.objective import ObjectiveConfig, empty_index, training_object
 __all__ = ["ILLUMETrainer", "check_master_weights", "check_same_encoder_calls", "parameter_groups", "pixel_encoder_calls"]
 
 logger = logging.getLogger(__name__)
+
+# TrainingArguments built without build_training_arguments lack these: the same defaults apply.
+_OBJECTIVE_KEYS = ("cross_entropy_backend", "cross_entropy_chunk_size", "packing")
 
 _EMBEDDING_PARAMS = ("model.embed_tokens.", "lm_head.")
 
@@ -128,10 +132,11 @@ class ILLUMETrainer(Trainer):
         # Per-micro-batch token-mean loss (the official objective), divided by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._dataset_loss: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        extra = {key: getattr(self.args, key, EXTRA_DEFAULTS[key]) for key in _OBJECTIVE_KEYS}
         self.objective = ObjectiveConfig(
-            backend=getattr(self.args, "cross_entropy_backend", "auto"),
-            chunk_size=int(getattr(self.args, "cross_entropy_chunk_size", 1024)),
-            packing=bool(getattr(self.args, "packing", False)),
+            backend=extra["cross_entropy_backend"],
+            chunk_size=int(extra["cross_entropy_chunk_size"]),
+            packing=bool(extra["packing"]),
         )
         check_master_weights(self.model, bool(self.args.deepspeed))
         # ZeRO-3 gathers parameters collectively in forward hooks: ranks must run the same modules.
