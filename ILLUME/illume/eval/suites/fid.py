@@ -109,10 +109,10 @@ def _inception(weights: str | None, device: torch.device) -> FeatureExtractor:
         )
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError as err:
+    except (ImportError, RuntimeError) as err:  # a torchvision that does not match torch raises RuntimeError
         raise UserError(
-            f"the inception feature extractor needs torch-fidelity (and torchvision): "
-            f"pip install 'illume-plus[fid]' ({err})"
+            "the inception feature extractor needs torch-fidelity and a torchvision matching your torch: "
+            f"pip install 'illume-plus[eval]' ({' '.join(str(err).split())})"
         ) from None
     model = FeatureExtractorInceptionV3(
         "inception-v3-compat", ["2048"], feature_extractor_weights_path=os.fspath(weights)
