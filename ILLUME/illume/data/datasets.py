@@ -177,7 +177,7 @@ class DefaultDataset(Dataset):
                 if not path.is_file():
                     raise MalformedRecord(location, f"image file not found: {path}")
                 try:
-                    image_positions += ImageGrid.for_resolution(*self._input_size(path)).num_tokens - 1
+                    image_positions += self._input_positions(path) - 1
                 except (OSError, ValueError) as err:  # PIL cannot even read the header
                     raise MalformedRecord(location, f"unreadable image {path}: {err}") from None
             try:
@@ -347,7 +347,7 @@ class DefaultDataset(Dataset):
         location, record = self.source[self.indices[index]]
         prepared = self.prepare(record, location, unconditional=False)
         length = prepared.target_positions + prepared.text_chars // 4
-        length += sum(self.image_preprocessor.num_positions(path) for path in prepared.input_images)
+        length += sum(self._input_positions(path) for path in prepared.input_images)
         return length if prepared.has_images else -max(length, 1)
 
     def input_image_sizes(self, index: int) -> tuple[tuple[int, int], ...]:
@@ -362,6 +362,10 @@ class DefaultDataset(Dataset):
         if path not in self._input_sizes:
             self._input_sizes[path] = self.image_preprocessor.input_size(path)
         return self._input_sizes[path]
+
+    def _input_positions(self, path: Path) -> int:
+        """LLM positions an input image file occupies (from its cached header size)."""
+        return ImageGrid.for_resolution(*self._input_size(path)).num_tokens
 
 
 class Text2ImageDataset(DefaultDataset):

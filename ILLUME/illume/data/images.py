@@ -21,7 +21,7 @@ from vision_tokenizer.data.image_io import image_to_tensor, smart_resize
 from vision_tokenizer.data.transforms import AspectRatioCrop, center_crop, resize_short_side
 
 from illume.model.configuration_illume import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from illume.vocab import PIXEL_PATCH, RATIOS, ImageGrid
+from illume.vocab import PIXEL_PATCH, RATIOS
 
 __all__ = ["IMAGE_ASPECT_RATIO_MODES", "ImagePreprocessor"]
 
@@ -85,10 +85,6 @@ class ImagePreprocessor:
             if _header_orientation(img) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
         return self.output_size(height, width)
-
-    def num_positions(self, path: Path) -> int:
-        """LLM positions the image at `path` occupies as an input (read from the file header only)."""
-        return ImageGrid.for_resolution(*self.input_size(path)).num_tokens
 
 
 def _header_orientation(img: Image.Image) -> int:
