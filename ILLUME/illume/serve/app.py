@@ -277,8 +277,10 @@ def _serve(argv: Sequence[str]) -> None:
     args = _parse_args(argv)
     require_path(args.model, "--model", folder=True)
     require_path(args.dualvitok, "--dualvitok")
-    if args.adapter is not None:
-        require_path(args.adapter, "--adapter", folder=True)
+    for flag, value, folder in (("--dualvitok-config", args.dualvitok_config, None),
+                                ("--sdxl-decoder", args.sdxl_decoder, True), ("--adapter", args.adapter, True)):  # fmt: skip
+        if value is not None:
+            require_path(value, flag, folder=folder)
     limits = InputLimits(
         max_file_size=args.max_file_size,
         max_image_pixels=args.max_image_pixels,
